@@ -1,0 +1,73 @@
+"""The Analyst port: given a signal (or an open position) and market data, return a decision.
+
+Adapters: ``OfflineAnalyst`` (rules on our own indicators, no network), ``GeminiAnalyst``
+(google-genai), ``HttpAnalyst`` (a tenant asking the control plane). An analyst never raises into
+the runtime: on failure it returns a safe default with ``error`` set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Protocol
+from uuid import UUID
+
+from tradeengine.domain.enums import Decision, PositionSide
+
+
+@dataclass(frozen=True, slots=True)
+class PositionSnapshot:
+    """The open position an analysis is about, if any."""
+
+    position_id: UUID
+    side: PositionSide
+    entry_price: Decimal
+    size: Decimal
+    stop_loss: Decimal | None
+    take_profit: Decimal | None
+    unrealized_pnl: Decimal
+    unrealized_pnl_percent: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisRequest:
+    correlation_id: str
+    user_id: UUID
+    trader_id: UUID
+    signal_id: UUID
+    symbol: str
+    ai_instructions: str
+    # The seed's marketData: {"symbol", "ticker": {...}, "klines": {tf: [[...], ...]},
+    # "calculatedIndicators": {...}}; built by the runtime from the kline store.
+    market_data: dict[str, Any]
+    position: PositionSnapshot | None = None
+    is_reanalysis: bool = False
+    # Trader settings an analyst may use for sizing/stops (e.g. position_size_pct).
+    trader_settings: dict[str, Any] = field(default_factory=dict)
+    # Last closed candle open time of the primary timeframe; keys caches of analyses.
+    candle_key: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisResult:
+    decision: Decision
+    reasoning: str
+    confidence: int  # 0..100
+    # The seed's metadata keys (camelCase): stopLoss, takeProfit, positionSize, closePercentage,
+    # scaleInAmount, scaleOutPercentage, newStopLoss, newTakeProfit, ... Prices/sizes as Decimal.
+    metadata: dict[str, Any] = field(default_factory=dict)
+    key_levels: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    latency_ms: float = 0.0
+    raw_response: Any = None
+    error: str | None = None  # set when this is a safe default after a failure
+    attempts: int = 1
+
+
+class Analyst(Protocol):
+    async def analyze(self, request: AnalysisRequest) -> AnalysisResult:
+        """Decide what to do; never raise (return a safe default with ``error`` set)."""
+        ...

@@ -1,0 +1,108 @@
+"""The columnar, read-only candle view that indicators, strategies and the kline store share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+
+
+def _readonly(array: NDArray[Any]) -> NDArray[Any]:
+    view = array.view()
+    view.flags.writeable = False
+    return view
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Klines:
+    """Candles as parallel numpy columns, oldest first.
+
+    The arrays are read-only views: the kline store hands out zero-copy windows of its ring
+    buffer, and strategy code must never be able to change what another strategy sees.
+    """
+
+    open_time: IntArray
+    open: FloatArray
+    high: FloatArray
+    low: FloatArray
+    close: FloatArray
+    volume: FloatArray
+
+    def __post_init__(self) -> None:
+        n = len(self.open_time)
+        for name in ("open", "high", "low", "close", "volume"):
+            column = getattr(self, name)
+            if column.ndim != 1 or len(column) != n:
+                raise ValueError(f"klines column {name!r} must be 1-D with {n} elements")
+        for name in ("open_time", "open", "high", "low", "close", "volume"):
+            column = getattr(self, name)
+            if column.flags.writeable:
+                object.__setattr__(self, name, _readonly(column))
+
+    @classmethod
+    def from_arrays(
+        cls,
+        open_time: Sequence[int] | IntArray,
+        open: Sequence[float] | FloatArray,  # noqa: A002 - the column is called open
+        high: Sequence[float] | FloatArray,
+        low: Sequence[float] | FloatArray,
+        close: Sequence[float] | FloatArray,
+        volume: Sequence[float] | FloatArray,
+    ) -> Klines:
+        """Build from columns, copying them into owned float64/int64 arrays."""
+        return cls(
+            open_time=np.array(open_time, dtype=np.int64),
+            open=np.array(open, dtype=np.float64),
+            high=np.array(high, dtype=np.float64),
+            low=np.array(low, dtype=np.float64),
+            close=np.array(close, dtype=np.float64),
+            volume=np.array(volume, dtype=np.float64),
+        )
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Sequence[Any]]) -> Klines:
+        """Build from Binance-format rows ``[open_time, open, high, low, close, volume, ...]``.
+
+        Values may be numbers or numeric strings, as Binance's REST API returns them.
+        """
+        materialized = [row for row in rows]
+        if not materialized:
+            return cls.empty()
+        try:
+            table = np.array([row[:6] for row in materialized], dtype=np.float64)
+        except (ValueError, TypeError, IndexError) as exc:
+            raise ValueError(f"klines rows must be [open_time, open, high, low, close, volume, ...]: {exc}") from exc
+        if table.ndim != 2 or table.shape[1] != 6:
+            raise ValueError("klines rows must have at least 6 fields: open_time, open, high, low, close, volume")
+        return cls.from_arrays(
+            table[:, 0].astype(np.int64), table[:, 1], table[:, 2], table[:, 3], table[:, 4], table[:, 5]
+        )
+
+    @classmethod
+    def empty(cls) -> Klines:
+        """Return a view with no candles."""
+        return cls.from_arrays([], [], [], [], [], [])
+
+    def __len__(self) -> int:
+        return len(self.open_time)
+
+    def tail(self, count: int) -> Klines:
+        """Return a zero-copy view of the last ``count`` candles."""
+        if count < 0:
+            raise ValueError("count must be >= 0")
+        start = max(len(self) - count, 0)
+        return Klines(
+            self.open_time[start:], self.open[start:], self.high[start:],
+            self.low[start:], self.close[start:], self.volume[start:],
+        )
+
+    @property
+    def last_open_time(self) -> int | None:
+        """Open time (ms) of the newest candle, or None when empty."""
+        return int(self.open_time[-1]) if len(self) else None
