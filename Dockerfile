@@ -3,27 +3,27 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 RUN pip install --no-cache-dir uv
-COPY pyproject.toml requirements.lock README.md ./
+COPY pyproject.toml requirements-runtime.lock README.md ./
 COPY tradeengine ./tradeengine
-COPY alembic ./alembic
-COPY alembic.ini ./
-# Install exactly the locked versions, then the package itself without re-resolving.
+# Install exactly the locked runtime versions (no dev tools), then the package itself without
+# re-resolving. The migrations ship inside the package (tradeengine/store/alembic), so
+# `db upgrade` works in the image.
 RUN uv venv /opt/venv && \
-    grep -v -E '^(ta-lib|ruff|mypy|pytest|hypothesis|schemathesis)' requirements.lock > /tmp/runtime.lock && \
-    uv pip install --python /opt/venv/bin/python --no-cache -r /tmp/runtime.lock && \
+    uv pip install --python /opt/venv/bin/python --no-cache -r requirements-runtime.lock && \
     uv pip install --python /opt/venv/bin/python --no-cache --no-deps .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 tradeengine
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /src/alembic /app/alembic
-COPY --from=build /src/alembic.ini /app/alembic.ini
 WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    NUMBA_CACHE_DIR=/opt/numba-cache \
     TRADEENGINE_HOST=0.0.0.0 \
     TRADEENGINE_PORT=8080 \
     TRADEENGINE_LOG_FORMAT=json
+# Compile the indicator kernels once at build time, so no container pays the JIT on start.
+RUN mkdir -p /opt/numba-cache && python -c "import tradeengine.indicators" && chown -R tradeengine /opt/numba-cache
 USER tradeengine
 EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \

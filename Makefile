@@ -33,6 +33,14 @@ typecheck: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+## The whole system on embedded defaults: control plane, a replaying tenant, three example traders, a report.
+## Candles come from ../shared/data/market when it exists (copied into data/), else download them.
+demo: $(STAMP)
+	@if ls data/*.json >/dev/null 2>&1; then :; \
+	elif [ -d ../shared/data/market ]; then mkdir -p data && cp ../shared/data/market/*.json data/; \
+	else echo "no candles in data/: run $(BIN)/tradeengine download-data --symbols BTC/USDT,ETH/USDT --timeframes 5m,1h --days 30 --out data"; exit 2; fi
+	$(BIN)/tradeengine demo --data data $(DEMO_ARGS)
+
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
 

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.applications import Starlette
-
-from tradeengine.api.health import health_route
 from tradeengine.settings import Mode, Settings
 
 
@@ -22,8 +19,12 @@ def build_app(settings: Settings) -> Any:
 
 
 def build_control_app(settings: Settings) -> Any:
-    return Starlette(routes=[health_route(Mode.CONTROL.value)])
+    from tradeengine.api.control import create_control_app  # issue 9: the control-plane API
+
+    return create_control_app(settings)
 
 
 def build_tenant_app(settings: Settings) -> Any:
-    return Starlette(routes=[health_route(Mode.TENANT.value)])
+    from tradeengine.runtime.bootstrap import build_tenant_app as tenant_app  # issue 6: the tenant runtime
+
+    return tenant_app(settings)

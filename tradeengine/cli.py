@@ -13,6 +13,10 @@ import typer
 from rich.console import Console
 
 from tradeengine import __version__
+from tradeengine.backtest.command import backtest_command
+from tradeengine.backtest.demo import demo_command
+from tradeengine.exchange.download import download_data_command
+from tradeengine.machines.commands import machines_app, tenants_app, users_app
 from tradeengine.settings import Mode, Settings, SettingsError, load_settings
 
 app = typer.Typer(
@@ -105,7 +109,13 @@ def db_current(database: DatabaseOption = None) -> None:
     typer.echo(current(settings.database_url) or "none")
 
 
-# --- commands registered by feature modules (one line each; implementations live in their modules) ---
+# --- commands registered by feature modules (implementations live in their modules) ---
+app.command("download-data")(download_data_command)
+app.command("backtest")(backtest_command)
+app.command("demo")(demo_command)
+app.add_typer(users_app, name="users")
+app.add_typer(tenants_app, name="tenants")
+app.add_typer(machines_app, name="machines")
 
 
 def main() -> None:

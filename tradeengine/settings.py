@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     feed: FeedKind = FeedKind.CCXT
     replay_data_dir: Path = Path("./data")
     replay_speed: float = Field(default=0.0, ge=0)  # 0 = as fast as the CPU allows
+    replay_start_ms: int | None = None  # replay window (epoch ms); None = the files' first/last candle
+    replay_end_ms: int | None = None
     broker: BrokerKind = BrokerKind.PAPER
     paper_balance: Decimal = Field(default=Decimal("10000"), gt=0)
     fee_rate: Decimal = Field(default=Decimal("0.001"), ge=0, lt=1)
@@ -97,6 +99,7 @@ class Settings(BaseSettings):
     exchange_secret: SecretStr | None = None
     exchange_rest_url: str | None = None  # test override, e.g. a local fake
     exchange_ws_url: str | None = None
+    reconcile_interval_s: float = Field(default=60.0, ge=0)  # live/testnet periodic reconciliation; 0 = off
 
     # AI
     analyst: AnalystKind = AnalystKind.AUTO
@@ -114,6 +117,10 @@ class Settings(BaseSettings):
     fly_app: str = "tradeengine-tenants"
     fly_region: str = "iad"
     tenant_image: str = "registry.fly.io/tradeengine:latest"
+
+    # Control plane API (issue 9): per-user request budgets on the expensive routes
+    generate_requests_per_minute: int = Field(default=10, ge=1)
+    analyze_requests_per_minute: int = Field(default=120, ge=1)
 
     @field_validator("log_level")
     @classmethod

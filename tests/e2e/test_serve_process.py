@@ -42,7 +42,9 @@ def test_control_server_answers_health_and_stops_on_signal(tmp_path: Path, stop_
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "tradeengine.cli", "serve", "--mode", "control", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         response = wait_healthy(f"http://127.0.0.1:{port}/health", process)

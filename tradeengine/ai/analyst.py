@@ -46,6 +46,9 @@ class AnalysisRequest:
     trader_settings: dict[str, Any] = field(default_factory=dict)
     # Last closed candle open time of the primary timeframe; keys caches of analyses.
     candle_key: int | None = None
+    # Higher goes first through the shared Gemini limiter (see ai.limiter.priority_for); an open
+    # position is always raised to PRIORITY_OPEN_POSITION by the Gemini analyst.
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ class Klines:
     def from_arrays(
         cls,
         open_time: Sequence[int] | IntArray,
-        open: Sequence[float] | FloatArray,  # noqa: A002 - the column is called open
+        open: Sequence[float] | FloatArray,
         high: Sequence[float] | FloatArray,
         low: Sequence[float] | FloatArray,
         close: Sequence[float] | FloatArray,
@@ -98,8 +98,12 @@ class Klines:
             raise ValueError("count must be >= 0")
         start = max(len(self) - count, 0)
         return Klines(
-            self.open_time[start:], self.open[start:], self.high[start:],
-            self.low[start:], self.close[start:], self.volume[start:],
+            self.open_time[start:],
+            self.open[start:],
+            self.high[start:],
+            self.low[start:],
+            self.close[start:],
+            self.volume[start:],
         )
 
     @property

@@ -1,0 +1,140 @@
+"""Backtest throughput: candles per second through the whole tenant runtime.
+
+Run: ``.venv/bin/python bench/backtest.py [--days N]``. Writes ``bench/results/backtest.json``.
+
+Workload (issue 10): 5 symbols x 5m over the full real files (../shared/data/market, ~330,000
+candles), one strategy (the shipped Bollinger breakout example on 5m closes), SQLite, offline
+analyst (rules policy). Measured: the replay phase (SimClock + replay feed + runtime: strategy in
+the sandbox, signals, analyses, paper fills, every write committed to SQLite) and the whole run
+including migrations, seeding and reading the results back.
+
+Reference, measured in the same run: the same replay feed delivering the same candles to a no-op
+handler (the floor any runtime pays for events), so the runtime's own cost is the difference.
+Targets: first bar >= 50,000 candles/s; goal >= 180,000 candles/s (Jesse's step mode, RPi 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from tradeengine.backtest.runner import BacktestConfig, TraderSpec, run_backtest
+from tradeengine.clock import SimClock, ms_to_datetime
+from tradeengine.examples import example
+from tradeengine.exchange.events import MarketEvent
+from tradeengine.exchange.replay import ReplayFeed
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "market"
+SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "ADA/USDT", "XRP/USDT")
+FIRST_BAR = 50_000
+GOAL = 180_000
+COMMON_END_MS = 1_626_555_600_000  # 2021-07-17 21:00 UTC: the last close every 5m file has
+
+
+async def bench_feed_only(end_ms: int, start_ms: int | None) -> dict[str, Any]:
+    feed = ReplayFeed.from_directory(DATA, SYMBOLS, ["5m"], clock=SimClock(0), start_ms=start_ms, end_ms=end_ms)
+    count = 0
+
+    async def handler(_: MarketEvent) -> None:
+        nonlocal count
+        count += 1
+
+    feed.subscribe(handler)
+    started = time.perf_counter()
+    await feed.run()
+    seconds = time.perf_counter() - started
+    candles = feed.status().candles_closed
+    return {
+        "candles": candles,
+        "events": count,
+        "seconds": round(seconds, 3),
+        "candles_per_s": round(candles / seconds, 1),
+    }
+
+
+async def bench_runtime(end_ms: int, start_ms: int | None) -> dict[str, Any]:
+    found = example("bollinger_breakout")
+    spec = TraderSpec(
+        name=found.name,
+        source=found.source,
+        timeframes=found.timeframes,
+        check_interval=found.check_interval,
+        reanalysis_interval=found.reanalysis_interval,
+        ai_instructions=found.ai_instructions,
+        max_open_positions=len(SYMBOLS),
+    )
+    config = BacktestConfig(
+        traders=(spec,),
+        data_dir=DATA,
+        symbols=SYMBOLS,
+        analyst="offline",
+        start=ms_to_datetime(start_ms) if start_ms is not None else None,
+        end=ms_to_datetime(end_ms),
+    )
+    result = await run_backtest(config)
+    s = result.summary
+    return {
+        "candles": result.candles,
+        "replay_seconds": round(result.replay_seconds, 3),
+        "total_seconds": round(result.total_seconds, 3),
+        "candles_per_s": round(result.candles_per_second, 1),
+        "candles_per_s_end_to_end": round(result.candles / result.total_seconds, 1),
+        "signals": s.signals,
+        "analyses": s.analyses,
+        "trades": s.trades,
+        "total_return": round(s.total_return, 6),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--days", type=float, default=None, help="Replay only the last N days (default: all).")
+    args = parser.parse_args()
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    start_ms = None
+    if args.days is not None:
+        start_ms = COMMON_END_MS - int(timedelta(days=args.days).total_seconds() * 1000)
+    feed = asyncio.run(bench_feed_only(COMMON_END_MS, start_ms))
+    runtime = asyncio.run(bench_runtime(COMMON_END_MS, start_ms))
+    result = {
+        "benchmark": "backtest",
+        "workload": {
+            "symbols": list(SYMBOLS),
+            "timeframe": "5m",
+            "strategy": "bollinger_breakout (example)",
+            "analyst": "offline rules",
+            "database": "sqlite",
+            "days": args.days or "full files",
+        },
+        "runtime": runtime,
+        "reference_feed_only": feed,
+        "runtime_share_of_feed_speed": round(runtime["candles_per_s"] / feed["candles_per_s"], 4),
+        "first_bar_candles_per_s": FIRST_BAR,
+        "goal_candles_per_s": GOAL,
+        "meets_first_bar": runtime["candles_per_s"] >= FIRST_BAR,
+        "meets_goal": runtime["candles_per_s"] >= GOAL,
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "note": "2 shared cores, several engineers working in parallel: noisy",
+        },
+    }
+    out = ROOT / "bench" / "results" / "backtest.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

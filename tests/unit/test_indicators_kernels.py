@@ -1,0 +1,72 @@
+"""The compiled kernels: loaded once at import, never recompiled by a call (the sandbox's
+strategy budget is 50 ms; a compile takes seconds)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tradeengine import indicators as ind
+from tradeengine.indicators import _kernels
+
+# The kernels core and helpers call (the others are only called from inside kernels).
+ENTRY_KERNELS = (
+    "sma", "ema", "wma", "rsi", "macd", "stochf", "willr", "cci", "roc", "atr", "keltner",
+    "bbands", "obv", "adx", "aroon", "window_extremes", "vwap", "volume_change",
+)  # fmt: skip
+
+
+def _signature_counts() -> dict[str, int]:
+    return {name: len(getattr(_kernels, name).signatures) for name in ENTRY_KERNELS}
+
+
+def test_every_entry_kernel_is_compiled_once_at_import() -> None:
+    assert _signature_counts() == dict.fromkeys(ENTRY_KERNELS, 1)
+
+
+def test_calls_with_any_array_kind_reuse_the_one_specialization() -> None:
+    before = _signature_counts()
+    table = np.column_stack([np.linspace(10.0, 20.0, 300)] * 4) + np.arange(4.0)  # strided columns
+    high, low, close, volume = (table[:, i] for i in range(4))
+    writable = close.copy()
+    readonly = close.copy()
+    readonly.flags.writeable = False
+    for c in (close, writable, readonly, list(close)):
+        ind.sma(c, 5)
+        ind.ema(c, 5)
+        ind.wma(c, 5)
+        ind.rsi(c, 5)
+        ind.macd(c)
+        ind.roc(c)
+        ind.bollinger_bands(c)
+    ind.stochastic(high, low, close)
+    ind.williams_r(high, low, close)
+    ind.cci(high, low, close)
+    ind.atr(high, low, close)
+    ind.adx(high, low, close)
+    ind.keltner_channels(high, low, close)
+    ind.donchian_channels(high, low)
+    ind.aroon(high, low)
+    ind.obv(close, volume)
+    ind.vwap(high, low, close, volume)
+    ind.volume_change(volume)
+    assert _signature_counts() == before
+    assert writable.flags.writeable  # the caller's array is untouched, only viewed read-only
+
+
+def test_fma_is_a_single_rounding() -> None:
+    # (1 + 2**-30)**2 = 1 + 2**-29 + 2**-60 needs 61 bits: a fused multiply-add keeps the 2**-60
+    # that a multiply followed by an add rounds away (TA-Lib's build fuses; see _kernels.fma).
+    x = 1.0 + 2.0**-30
+    assert _fma_residual(x) == 2.0**-60
+
+
+def _fma_residual(x: float) -> float:
+    """x*x - round(x*x) computed with the kernel fma: nonzero only if the fma is fused."""
+    import numba
+
+    @numba.njit(cache=False)
+    def residual(a: float) -> float:
+        p = a * a
+        return _kernels.fma(a, a, -p)
+
+    return float(residual(x))

@@ -1,0 +1,84 @@
+"""What a market feed tells the runtime. Live and replay feeds emit exactly these.
+
+Per (symbol, timeframe) and candle the order is: zero or more ``CandleUpdated(closed=False)``
+while the candle is open, then one ``CandleUpdated(closed=True)`` immediately followed by one
+``CandleClosed`` carrying the same final values. ``CandleClosed`` is delivered exactly once per
+candle, in open-time order, also for candles that closed while a live feed was disconnected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import NamedTuple
+
+from tradeengine.exchange.symbols import timeframe_ms
+
+# Candle events are NamedTuples, not frozen dataclasses: just as immutable, and several times
+# cheaper to build, which matters at hundreds of thousands of candles per second in backtests.
+
+
+class CandleUpdated(NamedTuple):
+    """The candle changed. ``closed`` is True on its final update. Prices are floats, as in the
+    kline store (indicator input); use ``close_price`` where exact money is needed."""
+
+    symbol: str  # ccxt unified, e.g. "BTC/USDT"
+    timeframe: str  # e.g. "5m"
+    open_time: int  # Unix epoch ms, candle open
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float  # base asset
+    closed: bool = False
+
+    @property
+    def close_time(self) -> int:
+        """Last millisecond of the candle, as Binance reports it."""
+        return self.open_time + timeframe_ms(self.timeframe) - 1
+
+    @property
+    def close_price(self) -> Decimal:
+        """The close as an exact Decimal of its shortest float spelling (what the exchange sent)."""
+        return Decimal(repr(self.close))
+
+
+class CandleClosed(NamedTuple):
+    """The candle is final. Emitted once per candle, right after its ``CandleUpdated(closed=True)``."""
+
+    symbol: str
+    timeframe: str
+    open_time: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+    @property
+    def close_time(self) -> int:
+        """Last millisecond of the candle, as Binance reports it."""
+        return self.open_time + timeframe_ms(self.timeframe) - 1
+
+    @property
+    def close_price(self) -> Decimal:
+        """The close as an exact Decimal of its shortest float spelling (what the exchange sent)."""
+        return Decimal(repr(self.close))
+
+
+CandleEvent = CandleUpdated | CandleClosed
+
+
+@dataclass(frozen=True, slots=True)
+class TickerUpdated:
+    """Latest price and rolling 24-hour statistics for a symbol."""
+
+    symbol: str
+    timestamp: int  # Unix epoch ms
+    last: Decimal
+    volume_24h: Decimal  # base asset
+    quote_volume_24h: Decimal
+    change_24h_percent: Decimal  # e.g. Decimal("-2.5") for -2.5 %
+
+
+MarketEvent = CandleUpdated | CandleClosed | TickerUpdated
