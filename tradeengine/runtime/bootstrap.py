@@ -36,6 +36,7 @@ from tradeengine.settings import AnalystKind, BrokerKind, FeedKind, Settings
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from tradeengine.exchange.ccxt_broker import CcxtBroker
     from tradeengine.store.engine import SessionFactory
 
 
@@ -317,13 +318,14 @@ async def build_tenant(
         clock = _replay_clock(settings) if replay and settings.replay_speed == 0 else LiveClock()
     engine = create_engine(settings)
     factory = create_session_factory(engine)
+    live_broker: CcxtBroker | None = None  # opened here, so closed here (its polling/reconcile/stop-sync loops too)
     if broker is None and settings.broker is not BrokerKind.PAPER:
         # Live/testnet: opt-in check, durable order log and start reconciliation (issue 7).
         from tradeengine.exchange.ccxt_broker import LiveTradingNotAllowedError
         from tradeengine.exchange.live import open_live_broker
 
         try:
-            broker = await open_live_broker(settings, factory, user_id)
+            broker = live_broker = await open_live_broker(settings, factory, user_id)
         except LiveTradingNotAllowedError as exc:
             await engine.dispose()
             raise TenantConfigError(str(exc)) from None
@@ -352,6 +354,8 @@ async def build_tenant(
             analyst = await _build_analyst(settings, resources, engine=engine, session_factory=factory)
         except BaseException:
             await resources.aclose()
+            if live_broker is not None:
+                await live_broker.close()
             await writer.close()
             await engine.dispose()
             raise
@@ -397,6 +401,11 @@ async def build_tenant(
                 await heartbeat.stop()
         except Exception:
             logger.exception("tenant shutdown failed")
+        if live_broker is not None:
+            try:
+                await live_broker.close()
+            except Exception:
+                logger.exception("closing the live broker failed")
         await writer.close()
         try:
             await resources.aclose()
