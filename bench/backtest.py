@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import time
@@ -127,7 +128,8 @@ def main() -> None:
         "machine": {
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "note": "2 shared cores, several engineers working in parallel: noisy",
+            "cpus": os.cpu_count(),
+            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
         },
     }
     out = ROOT / "bench" / "results" / "backtest.json"

@@ -263,6 +263,29 @@ def _lister(
     return handler
 
 
+def _list_endpoint(
+    kind: str,
+    out: type[BaseModel],
+    response: type[BaseModel],
+    query: type[BaseModel],
+    operation_id: str,
+    *,
+    summary: str | None = None,
+) -> Endpoint:
+    """``GET /v1/<kind>``: the caller's rows of one table, filtered, newest first, cursor-paged."""
+    return Endpoint(
+        "GET",
+        f"/v1/{kind}",
+        _lister(kind, out, response, kind),
+        summary or f"List {kind}",
+        "reads",
+        operation_id,
+        query=query,
+        response=response,
+        auth=USERS,
+    )
+
+
 async def openapi_json(call: Call) -> Response:
     return JSONResponse(call.request.app.state.openapi)
 
@@ -461,49 +484,18 @@ def endpoints() -> list[Endpoint]:
             errors=(409,),
             query=schemas.UserQuery,
         ),
-        Endpoint(
-            "GET",
-            "/v1/signals",
-            _lister("signals", schemas.SignalOut, schemas.SignalListResponse, "signals"),
-            "List signals",
-            "reads",
-            "listSignals",
-            query=schemas.SignalQuery,
-            response=schemas.SignalListResponse,
-            auth=USERS,
+        _list_endpoint("signals", schemas.SignalOut, schemas.SignalListResponse, schemas.SignalQuery, "listSignals"),
+        _list_endpoint(
+            "positions", schemas.PositionOut, schemas.PositionListResponse, schemas.PositionQuery, "listPositions"
         ),
-        Endpoint(
-            "GET",
-            "/v1/positions",
-            _lister("positions", schemas.PositionOut, schemas.PositionListResponse, "positions"),
-            "List positions",
-            "reads",
-            "listPositions",
-            query=schemas.PositionQuery,
-            response=schemas.PositionListResponse,
-            auth=USERS,
-        ),
-        Endpoint(
-            "GET",
-            "/v1/trades",
-            _lister("trades", schemas.TradeOut, schemas.TradeListResponse, "trades"),
-            "List trades",
-            "reads",
-            "listTrades",
-            query=schemas.TradeQuery,
-            response=schemas.TradeListResponse,
-            auth=USERS,
-        ),
-        Endpoint(
-            "GET",
-            "/v1/analyses",
-            _lister("analyses", schemas.AnalysisHistoryOut, schemas.AnalysisListResponse, "analyses"),
-            "List analyses (analysis_history)",
-            "reads",
+        _list_endpoint("trades", schemas.TradeOut, schemas.TradeListResponse, schemas.TradeQuery, "listTrades"),
+        _list_endpoint(
+            "analyses",
+            schemas.AnalysisHistoryOut,
+            schemas.AnalysisListResponse,
+            schemas.AnalysisQuery,
             "listAnalyses",
-            query=schemas.AnalysisQuery,
-            response=schemas.AnalysisListResponse,
-            auth=USERS,
+            summary="List analyses (analysis_history)",
         ),
         Endpoint("GET", "/health", health, "Liveness", "operations", "health", response=schemas.HealthResponse),
         Endpoint("GET", "/metrics", metrics_json, "Request metrics (JSON)", "operations", "metrics"),
