@@ -271,6 +271,10 @@ class Executor:
                 self._apply_simple(decision, signal, position, parsed)
             return analysis_id
         meta["execution"] = {"status": "pending", "step": ctx.step}
+        if ctx.follow_up is not None:
+            # The open half of a flip is part of the first committed intent: recovery finishes it
+            # from this plan whatever point of the flip a crash interrupts.
+            meta["flip"] = flip_plan(ctx.follow_up)
         batch.operations.insert(0, _insert_op("analysis_history", {**analysis_row, "metadata": meta}))
         await self._run_step(ctx, batch, meta=meta)
         return analysis_id
@@ -376,7 +380,14 @@ class Executor:
                 if level is None:
                     raise DecisionError("update_stop_loss needs metadata newStopLoss")
                 validate_protective_levels(position.side, price, level, None)
-                batch.update("positions", position.id, stop_loss=level, updated_at=now, increment={"version": 1})
+                batch.update(
+                    "positions",
+                    position.id,
+                    stop_loss=level,
+                    updated_at=now,
+                    increment={"version": 1},
+                    **_extreme_values(position),
+                )
             else:
                 level = md.new_take_profit or md.take_profit
                 if level is None:
@@ -452,6 +463,49 @@ class Executor:
             position.close_attempts += 1
             ctx = StepContext(reason, position.id, trader, signal, position=position)
             await self._run_step(ctx, WriteBatch(f"monitor:{reason}"), meta=None, attempt=position.close_attempts - 1)
+
+    async def persist_extreme(self, position: LivePosition) -> None:
+        """Save the trailing high-water (low-water for shorts) mark so a restart resumes from it."""
+        value = position.extreme_price
+        values = _extreme_values(position)
+        if not values:
+            return
+        batch = WriteBatch("position:extreme")
+        batch.update("positions", position.id, updated_at=self.clock.now(), **values)
+        await self.writer.write(batch)
+        position.mark_extreme_saved(value)
+
+    def flip_follow_up(
+        self, analysis_id: uuid.UUID, trader: TraderRuntime, signal: LiveSignal, plan: Mapping[str, Any]
+    ) -> StepContext:
+        """The flip's opening step as recorded in the analysis metadata (``flip_plan``)."""
+
+        def dec(key: str) -> Decimal | None:
+            raw = plan.get(key)
+            return Decimal(str(raw)) if raw is not None else None
+
+        return StepContext(
+            "flip_open",
+            analysis_id,
+            trader,
+            signal,
+            analysis_id=analysis_id,
+            side=PositionSide(plan["side"]),
+            stop_loss=dec("stopLoss"),
+            take_profit=dec("takeProfit"),
+            follow_up_size_pct=dec("positionSize"),
+        )
+
+    async def resume_flip_open(
+        self, analysis_id: uuid.UUID, trader: TraderRuntime, signal: LiveSignal, meta: dict[str, Any]
+    ) -> None:
+        """Recovery: the flip's close committed but its open intent did not; run the open now
+        (same client id as the lost attempt, so the broker cannot fill it twice)."""
+        async with self.lock:
+            if self.state.position_for_signal(signal.id) is not None:
+                return
+            follow = self.flip_follow_up(analysis_id, trader, signal, meta["flip"])
+            await self._run_step(follow, WriteBatch("flip:open:resume"), meta=meta)
 
     # ------------------------------------------------------------------ order steps
 
@@ -706,10 +760,7 @@ class Executor:
             values: dict[str, Any] = {"size": book.size, "fees": book.fees, "updated_at": now}
             if ctx.step == "scale_in":
                 values["entry_price"] = book.average_entry
-            extreme = position.extreme_price
-            if extreme:
-                column = "highest_price" if position.side is PositionSide.LONG else "lowest_price"
-                values[column] = quantize_price(Decimal(repr(extreme)))
+            values.update(_extreme_values(position))
             if book.size <= ZERO:
                 closed = True
                 pnl, pnl_percent = book.close_result()
@@ -751,8 +802,8 @@ class Executor:
 
         follow = ctx.follow_up if closed else None
         if follow is not None:
-            # Flip: the opening order's intent commits with the close's result, so a crash in
-            # between cannot lose the second half.
+            # Flip: the open runs as its own step; the plan for it was committed with the first
+            # intent (metadata "flip"), so recovery opens it if a crash lands in between.
             await self.writer.write(batch)
             self._mirror(ctx, position, new_position, closed)
             await self._run_step(follow, WriteBatch("flip:open"), meta=meta)
@@ -803,6 +854,26 @@ class Executor:
                 exchange_order_id=state.exchange_order_id,
                 executed_at=fill.timestamp,
             )
+
+
+def flip_plan(follow: StepContext) -> dict[str, Any]:
+    """What the open half of a flip needs, as JSON for the analysis metadata."""
+    assert follow.side is not None
+    return {
+        "side": follow.side.value,
+        "stopLoss": jsonable(follow.stop_loss),
+        "takeProfit": jsonable(follow.take_profit),
+        "positionSize": jsonable(follow.follow_up_size_pct),
+    }
+
+
+def _extreme_values(position: LivePosition) -> dict[str, Any]:
+    """The position's trailing extreme as the column it is stored in (empty when there is none)."""
+    extreme = position.extreme_price
+    if not extreme:
+        return {}
+    column = "highest_price" if position.side is PositionSide.LONG else "lowest_price"
+    return {column: quantize_price(Decimal(repr(extreme)))}
 
 
 def parsed_or_none(metadata: Mapping[str, Any] | None) -> DecisionMetadata | None:

@@ -85,15 +85,28 @@ class LivePosition:
     _tp: float = field(default=0.0)
     _extreme: float = field(default=0.0)
     _trail: float = field(default=0.0)
+    _saved_extreme: float = field(default=0.0)  # the extreme last written to the database
 
     def __post_init__(self) -> None:
+        self._extreme = self._saved_extreme = float(self.extreme) if self.extreme is not None else 0.0
         self.refresh_levels()
 
     def refresh_levels(self) -> None:
+        """Re-derive the float stop levels; the trailing extreme is live state and is kept."""
         self._sl = float(self.stop_loss) if self.stop_loss is not None else 0.0
         self._tp = float(self.take_profit) if self.take_profit is not None else 0.0
-        self._extreme = float(self.extreme) if self.extreme is not None else 0.0
         self._trail = float(self.trailing_pct) if self.trailing_pct is not None else 0.0
+
+    def extreme_unsaved(self, fraction: float) -> bool:
+        """True when the trailing extreme moved more than ``fraction`` (0: at all) since it was saved."""
+        if not self._trail or self._extreme == self._saved_extreme:
+            return False
+        if fraction <= 0.0 or self._saved_extreme == 0.0:
+            return True
+        return abs(self._extreme - self._saved_extreme) > self._saved_extreme * fraction
+
+    def mark_extreme_saved(self, value: float) -> None:
+        self._saved_extreme = value
 
     @property
     def size(self) -> Decimal:

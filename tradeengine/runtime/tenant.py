@@ -56,7 +56,7 @@ from tradeengine.runtime.state import (
 from tradeengine.sandbox.values import freeze_basic_ticker, freeze_store_klines
 from tradeengine.store.batch import WriteBatch
 from tradeengine.store.engine import SessionFactory
-from tradeengine.store.models import Order, Trader
+from tradeengine.store.models import AnalysisHistory, Order, Trader
 from tradeengine.store.uow import UnitOfWork
 
 StrategyCompiler = Callable[[str], Strategy]
@@ -69,6 +69,9 @@ class RuntimeConfig:
     analysis_klines: int = 100  # candles per timeframe sent to the analyst
     max_strategy_errors: int = 5  # consecutive runtime errors that put a trader in error
     monitor_interval_s: float | None = 1.0  # None: monitor only on price events (replays)
+    # A trailing extreme is saved at once when it moves more than this fraction, otherwise at
+    # the next monitor interval: restarts resume trailing from (nearly) the true best price.
+    extreme_save_fraction: float = 0.002
     settle_analyses: bool = False  # replay/backtest: finish analyses before the next event
     queue: QueueConfig = field(default_factory=QueueConfig)
     quote_asset: str = "USDT"
@@ -121,6 +124,8 @@ class TenantRuntime:
         self._check_subs: dict[tuple[str, str], list[TraderRuntime]] = {}
         self._reanalysis_subs: dict[tuple[str, str], list[TraderRuntime]] = {}
         self._pending_orders: dict[str, list[Order]] = {}
+        # Flips whose close committed but whose open intent did not (crash in between), by symbol.
+        self._pending_flips: dict[str, list[AnalysisHistory]] = {}
         self._accepting = False
         self._started_wall = time.monotonic()
         self._last_kline_ms: int | None = None
@@ -207,6 +212,7 @@ class TenantRuntime:
         self._pending_orders = {}
         for order in pending:
             self._pending_orders.setdefault(order.symbol, []).append(order)
+        await self._find_interrupted_flips({o.signal_id for o in pending})
         self._rebuild_paper_account(user.paper_balance, positions, trades)
         # Signals that were detected but never analysed (crash before the decision committed).
         for signal in list(self.state.signals.values()):
@@ -218,6 +224,7 @@ class TenantRuntime:
             "activeSignals": len(self.state.signals),
             "watchingSignals": self.state.watching_count(),
             "pendingOrders": sum(len(v) for v in self._pending_orders.values()),
+            "interruptedFlips": sum(len(v) for v in self._pending_flips.values()),
         }
         logger.info("state recovered: {}", summary)
         return summary
@@ -403,6 +410,8 @@ class TenantRuntime:
                 await self._monitor_symbol(symbol)
             if self._pending_orders and symbol in self._pending_orders:
                 await self._resume_orders(symbol)
+            if self._pending_flips and symbol in self._pending_flips:
+                await self._resume_flips(symbol)
         elif type(event) is CandleClosed:
             if not self._accepting:
                 return
@@ -425,6 +434,8 @@ class TenantRuntime:
             self.prices.set_exact(event.symbol, event.last, event.timestamp)
             if event.symbol in self.state.positions_by_symbol:
                 await self._monitor_symbol(event.symbol)
+            if self._pending_flips and event.symbol in self._pending_flips:
+                await self._resume_flips(event.symbol)
 
     async def _on_close(self, event: CandleClosed, traders: list[TraderRuntime]) -> None:
         started = time.perf_counter()
@@ -692,12 +703,15 @@ class TenantRuntime:
     async def _monitor_symbol(self, symbol: str) -> None:
         price = self.prices.last[symbol]
         self.counters.monitor_checks += 1
+        fraction = self.config.extreme_save_fraction
         for position in list(self.state.positions_by_symbol.get(symbol, ())):
             if position.closing:
                 continue
             reason = position.trigger(price)
             if reason is not None:
                 await self.executor.close_position(position, reason)
+            elif position.extreme_unsaved(fraction):
+                await self.executor.persist_extreme(position)
 
     async def _monitor_loop(self) -> None:
         interval = self.config.monitor_interval_s or 1.0
@@ -707,8 +721,15 @@ class TenantRuntime:
                 if symbol in self.prices.last:
                     try:
                         await self._monitor_symbol(symbol)
+                        await self._save_extremes(symbol)
                     except Exception:
                         logger.exception("position monitor failed for {}", symbol)
+
+    async def _save_extremes(self, symbol: str) -> None:
+        """Once per monitor interval: save every trailing extreme that moved at all."""
+        for position in list(self.state.positions_by_symbol.get(symbol, ())):
+            if not position.closing and position.extreme_unsaved(0.0):
+                await self.executor.persist_extreme(position)
 
     async def close_position_manually(self, position_id: uuid.UUID) -> bool:
         position = self.state.positions.get(position_id)
@@ -718,6 +739,49 @@ class TenantRuntime:
         return True
 
     # ------------------------------------------------------------------ recovery of orders
+
+    async def _find_interrupted_flips(self, signals_with_orders: set[uuid.UUID | None]) -> None:
+        """Active signals with no position and no pending order whose latest analysis is a flip
+        with the close applied: the crash came before the open's intent committed."""
+        self._pending_flips = {}
+        candidates = [
+            s
+            for s in self.state.signals.values()
+            if s.status is SignalStatus.POSITION_OPEN
+            and s.id not in signals_with_orders
+            and self.state.position_for_signal(s.id) is None
+        ]
+        if not candidates:
+            return
+        async with UnitOfWork(self.session_factory) as uow:
+            # All of them, not the latest: analyses can share a timestamp (same-millisecond replays).
+            histories = [await uow.analyses.for_signal(s.id) for s in candidates]
+            uow.session.expunge_all()
+        for signal, analyses in zip(candidates, histories, strict=True):
+            # A flip whose open step ran (applied, failed or rejected) has left the flip_close state.
+            interrupted = [
+                a
+                for a in analyses
+                if (a.meta or {}).get("flip")
+                and ((a.meta or {}).get("execution") or {}).get("step") == "flip_close"
+                and ((a.meta or {}).get("execution") or {}).get("status") == "applied"
+            ]
+            if interrupted:
+                self._pending_flips.setdefault(signal.symbol, []).append(interrupted[-1])
+            else:
+                logger.warning("signal {} has an open-position status but no position", signal.id)
+
+    async def _resume_flips(self, symbol: str) -> None:
+        for analysis in self._pending_flips.pop(symbol, []):
+            signal = self.state.signals.get(analysis.signal_id)
+            trader = self.state.traders.get(analysis.trader_id)
+            if signal is None or trader is None:
+                logger.warning("interrupted flip {} has no active signal/trader; leaving it", analysis.id)
+                continue
+            try:
+                await self.executor.resume_flip_open(analysis.id, trader, signal, dict(analysis.meta or {}))
+            except Exception:
+                logger.exception("could not resume the open half of flip {}", analysis.id)
 
     async def _resume_orders(self, symbol: str) -> None:
         rows = self._pending_orders.pop(symbol, [])
@@ -757,6 +821,7 @@ class TenantRuntime:
             meta: dict[str, Any] | None = None
             analysis_id: uuid.UUID | None = None
             stop = take = None
+            follow: StepContext | None = None
             if step not in ("stop_loss", "take_profit", "trailing_stop", "manual"):
                 analysis_id = owner
                 async with UnitOfWork(self.session_factory) as uow:
@@ -769,6 +834,10 @@ class TenantRuntime:
                     md = parsed_or_none(analysis.meta)
                     if md is not None:
                         stop, take = md.stop_loss, md.take_profit
+                    plan = meta.get("flip")
+                    if plan and step in ("flip_close", "flip_open"):
+                        follow = self.executor.flip_follow_up(owner, trader, signal, plan)
+                        stop, take = follow.stop_loss, follow.take_profit
             position = self.state.positions.get(row.position_id) if row.position_id else None
             side = None
             if step in ("open", "flip_open"):
@@ -783,6 +852,7 @@ class TenantRuntime:
                 side=side,
                 stop_loss=stop,
                 take_profit=take,
+                follow_up=follow if step == "flip_close" else None,
             )
             await self.executor.complete(ctx, row.id, request, state, meta=meta)
 
