@@ -140,12 +140,8 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
         return value
 
-    @property
-    def is_postgres(self) -> bool:
-        return self.database_url.startswith("postgresql")
-
     def secret_values(self) -> list[str]:
-        """Return every configured secret, so the log filter can redact them."""
+        """Return every configured secret, so the log redactor can hide them."""
         values: list[str] = []
         for name in type(self).model_fields:
             value = getattr(self, name)

@@ -21,7 +21,6 @@ def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch) -> Non
     settings = load_settings()
     assert settings.mode is Mode.CONTROL
     assert settings.database_url == "sqlite+aiosqlite:///./tradeengine.db"
-    assert not settings.is_postgres
 
 
 def test_invalid_variable_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
