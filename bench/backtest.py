@@ -8,8 +8,8 @@ analyst (rules policy). Measured: the replay phase (SimClock + replay feed + run
 the sandbox, signals, analyses, paper fills, every write committed to SQLite) and the whole run
 including migrations, seeding and reading the results back.
 
-Reference, measured in the same run: the same replay feed delivering the same candles to a no-op
-handler (the floor any runtime pays for events), so the runtime's own cost is the difference.
+Reference, measured in the same run: the same replay feed delivering the same rows to a no-op
+handler (the floor any runtime pays for its input), so the runtime's own cost is the difference.
 Targets: first bar >= 50,000 candles/s; goal >= 180,000 candles/s (Jesse's step mode, RPi 5).
 """
 
@@ -31,7 +31,7 @@ from loguru import logger
 from tradeengine.backtest.runner import BacktestConfig, TraderSpec, run_backtest
 from tradeengine.clock import SimClock, ms_to_datetime
 from tradeengine.examples import example
-from tradeengine.exchange.events import MarketEvent
+from tradeengine.exchange.events import EventRow
 from tradeengine.exchange.replay import ReplayFeed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,18 +46,18 @@ async def bench_feed_only(end_ms: int, start_ms: int | None) -> dict[str, Any]:
     feed = ReplayFeed.from_directory(DATA, SYMBOLS, ["5m"], clock=SimClock(0), start_ms=start_ms, end_ms=end_ms)
     count = 0
 
-    async def handler(_: MarketEvent) -> None:
+    async def handler(_: int, rows: list[EventRow]) -> None:
         nonlocal count
-        count += 1
+        count += len(rows)
 
-    feed.subscribe(handler)
+    feed.subscribe_rows(handler)  # what the backtest runner subscribes the runtime with
     started = time.perf_counter()
     await feed.run()
     seconds = time.perf_counter() - started
     candles = feed.status().candles_closed
     return {
         "candles": candles,
-        "events": count,
+        "rows": count,
         "seconds": round(seconds, 3),
         "candles_per_s": round(candles / seconds, 1),
     }

@@ -10,7 +10,9 @@ steady-state medians below.
 
 Helpers are timed twice: ``cached`` is the steady state when many strategies ask for the same
 value in one tick (every call after the first hits the per-tick cache), ``uncached`` clears
-the cache before every call, i.e. the cost the first strategy pays.
+the cache before every call, i.e. the cost the first strategy pays (in a backtest, every call:
+each candle close is a new candle). Window-only helpers are not cached (a lookup would cost
+about what they do), so for them both columns time the same call.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Run: ``.venv/bin/python bench/market.py``. Writes ``bench/results/market.json``.
 
 * Replay: 5 symbols x 5m over the full real files (../shared/data/market), candle events per second
   into the store, through (a) the batch path (``batches`` + ``apply``), (b) ``run_batched`` on a
-  SimClock, (c) the per-event ``run`` with one subscriber (what a runtime with handlers pays).
+  SimClock, (c) the per-event ``run`` with one subscriber (what a runtime with handlers pays),
+  (d) ``run`` with one row subscriber (``subscribe_rows``: what the backtest runner uses).
 * Reference, measured in the same run: the seed design ported literally (a Python list of row
   lists per series, append or replace the last row, trim to 1,000), fed row by row.
 * Memory: 100 symbols x 3 timeframes x 1,000 candles (array bytes and tracemalloc peak).
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from tradeengine.clock import SimClock
-from tradeengine.exchange.events import MarketEvent
+from tradeengine.exchange.events import EventRow, MarketEvent
 from tradeengine.exchange.kline_store import KlineStore
 from tradeengine.exchange.replay import KIND_TICKER, ReplayFeed
 
@@ -90,6 +91,28 @@ def bench_per_event(repeats: int) -> dict[str, Any]:
         "seconds": _best(times),
         "events_per_s": events / _best(times),
     }
+
+
+def bench_rows(repeats: int) -> dict[str, Any]:
+    """``run`` with one row handler (``subscribe_rows``): what the backtest runner's runtime pays."""
+    times = []
+    rows = 0
+    events = 0
+    for _ in range(repeats):
+        feed = _feed()
+        events = feed.candle_count()
+        count = 0
+
+        async def handler(_: int, instant: list[EventRow]) -> None:
+            nonlocal count
+            count += len(instant)
+
+        feed.subscribe_rows(handler)
+        start = time.perf_counter()
+        asyncio.run(feed.run())
+        times.append(time.perf_counter() - start)
+        rows = count
+    return {"candles": events, "rows": rows, "seconds": _best(times), "events_per_s": events / _best(times)}
 
 
 def bench_reference(repeats: int) -> dict[str, Any]:
@@ -168,6 +191,7 @@ def main() -> None:
         "replay_batches_into_store": bench_batches(repeats),
         "replay_run_batched_simclock": bench_run_batched(repeats),
         "replay_per_event_with_handler": bench_per_event(1),
+        "replay_rows_with_handler": bench_rows(repeats),
         "reference_seed_list_store_row_by_row": bench_reference(repeats),
         "kline_store_memory_100x3x1000": bench_memory(),
         "goal_events_per_s": GOAL_EVENTS_PER_S,

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import math
 import re
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+import talib
+from numba.core.dispatcher import Dispatcher
 
 from tradeengine import indicators as ind
-from tradeengine.indicators import helpers
+from tradeengine.indicators import _kernels, helpers
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKET = ROOT.parent / "shared" / "data" / "market"
@@ -235,9 +238,19 @@ def test_cache_sees_in_place_updates_of_the_open_candle() -> None:
 def test_cache_is_bounded() -> None:
     ind.clear_cache()
     for period in range(1, helpers._CACHE_LIMIT + 50):
-        ind.get_latest_sma(K, period % 400 + 1)
-        ind.get_latest_roc(K, period % 97 + 1)
+        ind.get_latest_ema(K, period % 400 + 1)
+        ind.get_latest_rsi(K, period % 97 + 1)
     assert len(helpers._cache) <= helpers._CACHE_LIMIT
+
+
+def test_window_only_helpers_are_not_cached() -> None:
+    """They cost about what a cache lookup does, so they skip it."""
+    ind.clear_cache()
+    ind.get_latest_sma(K, 20), ind.get_latest_bollinger_bands(K), ind.get_latest_volume_ma(K, 20)
+    ind.get_latest_cci(K), ind.get_latest_stochastic(K), ind.get_latest_aroon(K)
+    assert helpers._cache == {}
+    ind.get_latest_ema(K, 20)
+    assert len(helpers._cache) == 1
 
 
 @pytest.mark.parametrize(
@@ -276,3 +289,178 @@ def test_inputs_are_never_mutated() -> None:
     ind.aroon(h, lo, 5)
     for name, col in data.items():
         np.testing.assert_array_equal(col, snapshot[name])
+
+
+# --------------------------------------------------------------------------- window-only helpers
+
+
+def _random_klines(rng: np.random.Generator, n: int) -> ind.Klines:
+    """Random-walk candles with flat stretches, zero volumes and NaNs (leading and inner)."""
+    base = 100 + np.cumsum(rng.normal(size=n))
+    high, low = base + rng.random(n), base - rng.random(n)
+    close, volume = base + rng.normal(size=n) * 0.3, rng.random(n) * 10
+    if rng.random() < 0.3:  # flat stretches: zero ranges and deviations
+        stop = int(rng.integers(0, n + 1))
+        high[:stop] = low[:stop] = close[:stop] = 5.0
+        volume[rng.random(n) < 0.3] = 0.0
+    for column in (high, low, close, volume):
+        if rng.random() < 0.5:
+            column[rng.random(n) < rng.choice([0.02, 0.2])] = np.nan
+        if rng.random() < 0.2:
+            column[: int(rng.integers(0, n + 1))] = np.nan
+    return ind.Klines.from_arrays(np.arange(n), base, high, low, close, volume)
+
+
+def _same(got: float | tuple[float, ...], expected: float | tuple[float, ...]) -> bool:
+    """Equal value by value, NaN matching NaN (the helpers return floats or tuples of floats)."""
+    a = got if isinstance(got, tuple) else (got,)
+    b = expected if isinstance(expected, tuple) else (expected,)
+    return len(a) == len(b) and all((math.isnan(x) and math.isnan(y)) or x == y for x, y in zip(a, b, strict=True))
+
+
+def _last_of(values: tuple[np.ndarray, ...] | np.ndarray) -> float | tuple[float, ...]:
+    if isinstance(values, tuple):
+        return tuple(float(v[-1]) if len(v) else math.nan for v in values)
+    return float(values[-1]) if len(values) else math.nan
+
+
+def test_window_helpers_equal_their_full_series_function_run_on_the_window_alone() -> None:
+    """The window-only helpers give bit for bit what the full-series function gives for the
+    window's last candle when given that window alone, NaNs, flat windows and short input
+    included (CCI: the full series over all the candles; Bollinger: the tests below)."""
+    rng = np.random.default_rng(7)
+    for _ in range(400):
+        k = _random_klines(rng, int(rng.integers(0, 60)))
+        p = int(rng.choice([1, 2, 3, int(rng.integers(1, 30))]))
+        d = max(1, p // 3)
+        # The window each helper reads; with fewer candles the full series is all NaN anyway.
+        w, w1, ws = (k.tail(count) if len(k) >= count else ind.Klines.empty() for count in (p, p + 1, p + d - 1))
+        cases = [
+            (ind.get_latest_sma(k, p), ind.sma(w.close, p)),
+            (ind.get_latest_wma(k, p), ind.wma(w.close, p)),
+            (ind.get_latest_volume_ma(k, p), ind.volume_ma(w.volume, p)),
+            (ind.get_latest_stochastic(k, p, d), ind.stochastic(ws.high, ws.low, ws.close, p, d)),
+            (ind.get_latest_williams_r(k, p), ind.williams_r(w.high, w.low, w.close, p)),
+            (ind.get_latest_roc(k, p), ind.roc(w1.close, p)),
+            (ind.get_latest_aroon(k, p), ind.aroon(w1.high, w1.low, p)),
+            (ind.get_latest_volume_change(k, p), ind.volume_change(w1.volume, p)),
+            (ind.get_latest_cci(k, p), ind.cci(k.high, k.low, k.close, p)),
+        ]
+        for got, full in cases:
+            expected = _last_of(full)
+            assert _same(got, expected), (p, got, expected)
+        if len(k) >= p:
+            upper, middle, lower = ind.get_latest_donchian_channels(k, p)
+            assert _same((upper, lower), (float(np.max(w.high)), float(np.min(w.low))))
+            assert _same(middle, (upper + lower) / 2.0)
+            assert _same(ind.get_highest_high(k, p), upper) and _same(ind.get_lowest_low(k, p), lower)
+            total = 0.0
+            for value in w.volume.tolist():
+                total += value
+            assert _same(ind.get_latest_volume(k, p), total)
+
+
+@pytest.mark.parametrize("start", [0, 1, 7, 19, 1234, 4900])
+def test_bollinger_helper_is_bit_identical_for_every_window_alignment(start: int) -> None:
+    """Window-only: the value depends on the last ``period`` closes, not on where the series starts."""
+    data = rows("SOL_USDT-1h.json", 0, 5000)
+    k = ind.Klines.from_rows(data[start:])
+    expected = ind.get_latest_bollinger_bands(ind.Klines.from_rows(data[-20:]), 20, 2.0)
+    assert ind.get_latest_bollinger_bands(k, 20, 2.0) == expected
+    assert all(close_enough(a, b) for a, b in zip(expected, _last_of(ind.bollinger_bands(k.close)), strict=True))
+
+
+def _closes(close: np.ndarray) -> ind.Klines:
+    """A view with ``close`` in every column (the Bollinger helper reads only the close)."""
+    return ind.Klines(close.astype(np.int64), close, close, close, close, close)
+
+
+def test_bollinger_helper_is_accurate_to_a_few_ulp() -> None:
+    """Against exact rational arithmetic: the window's mean, and the deviation from the exact
+    variance (TA-Lib's own running sums drift by up to ~1000 ulp on these files)."""
+    close = np.array(rows("XRP_USDT-5m.json", 0, 70_000), dtype=np.float64)[:, 4]
+    rng = np.random.default_rng(3)
+    for end in rng.integers(60, len(close), 200).tolist():
+        for period, dev in ((20, 2.0), (5, 1.0), (50, 2.5)):
+            window = [Fraction(x) for x in close[end - period : end].tolist()]
+            mean = sum(window, Fraction(0)) / period
+            variance = sum(((x - mean) ** 2 for x in window), Fraction(0)) / period
+            width = Fraction(math.sqrt(variance)) * Fraction(dev)
+            exact = (float(mean + width), float(mean), float(mean - width))
+            got = ind.get_latest_bollinger_bands(_closes(close[end - 57 : end]), period, dev)
+            for g, e in zip(got, exact, strict=True):
+                assert abs(g - e) <= 4 * math.ulp(e), (end, period, got, exact)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in MARKET.glob("*_USDT-*.json")))
+def test_bollinger_helper_is_close_to_talib_on_every_file(name: str) -> None:
+    """Within 1e-11 of the middle band, at every 11th candle and the last 500 of all ten files:
+    TA-Lib's running sums drift by up to ~1000 ulp (~1e-12 relative here), the window-only
+    value stays within a few ulp of the exact one (see above)."""
+    close = np.ascontiguousarray(np.array(json.loads((MARKET / name).read_text()), dtype=np.float64)[:, 4])
+    ends = sorted({*range(1, len(close) + 1, 11), *range(len(close) - 500, len(close) + 1)})
+    for period, dev in ((20, 2.0), (5, 1.0), (50, 2.5)):
+        ref = np.column_stack(talib.BBANDS(close, period, dev, dev, 0))[np.array(ends) - 1]
+        got = np.array(
+            [ind.get_latest_bollinger_bands(_closes(close[max(end - 60, 0) : end]), period, dev) for end in ends]
+        )
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+        valid = ~np.isnan(ref[:, 1])
+        scale = np.abs(ref[valid, 1:2])
+        assert (np.abs(got[valid] - ref[valid]) <= 1e-11 * scale).all()
+
+
+def _specializations() -> dict[str, int]:
+    return {name: len(obj.signatures) for name, obj in vars(_kernels).items() if isinstance(obj, Dispatcher)}
+
+
+def _every_helper(k: ind.Klines) -> list[object]:
+    """Every snake_case helper that computes a value, with period 3 where it takes one."""
+    return [
+        helper(k) if name in {"get_latest_vwap", "get_latest_obv"} else helper(k, 3)
+        for name, helper in sorted(ind.HELPERS.items())
+        if name.startswith("get_") and name not in {"get_closes", "get_opens", "get_highs", "get_lows", "get_volumes"}
+    ]
+
+
+def test_helpers_read_any_column_layout_and_never_compile() -> None:
+    """Kernels are called through raw entry points that would misread other arrays: strided,
+    float32 or int64 columns of a hand-built Klines are copied first, giving the values their
+    float64 copies give, and no call compiles a new specialization (the sandbox's budget)."""
+    table = np.array(rows(count=300), dtype=np.float64)
+    canonical = ind.Klines.from_rows(table.tolist())
+    times = table[:, 0].astype(np.int64)
+    strided = ind.Klines(times, table[:, 1], table[:, 2], table[:, 3], table[:, 4], table[:, 5])
+    as_f32 = table.astype(np.float32)
+    f32 = ind.Klines(times, *(np.ascontiguousarray(as_f32[:, i]) for i in range(1, 6)))
+    f32_as_f64 = ind.Klines.from_arrays(times, *(as_f32[:, i].astype(np.float64) for i in range(1, 6)))
+    as_int = np.round(table).astype(np.int64)
+    ints = ind.Klines(times, *(np.ascontiguousarray(as_int[:, i]) for i in range(1, 6)))
+    ints_as_f64 = ind.Klines.from_arrays(times, *(as_int[:, i].astype(np.float64) for i in range(1, 6)))
+    before = _specializations()
+    assert all(count == 1 for name, count in before.items() if name.startswith("last_"))
+    for odd, plain in ((strided, canonical), (f32, f32_as_f64), (ints, ints_as_f64)):
+        ind.clear_cache()
+        expected = _every_helper(plain)
+        ind.clear_cache()
+        got = _every_helper(odd)
+        assert len(got) == 24
+        assert all(_same(g, e) for g, e in zip(got, expected, strict=True))
+    assert _specializations() == before
+
+
+@pytest.mark.parametrize("period", [2**31, 2**62, 2**63 - 1, 2**63, 10**30])
+def test_huge_periods_give_nan_not_a_crash(period: int) -> None:
+    """A period beyond the candles given is "too few candles", and never reaches a kernel (whose
+    int64 index arithmetic would overflow: strategy code chooses these numbers)."""
+    price_action = {"get_price_change", "get_price_change_percent", "get_highest_high", "get_lowest_low"}
+    for name, helper in ind.HELPERS.items():
+        if name in price_action or (
+            name.startswith("get_latest_") and name not in {"get_latest_vwap", "get_latest_obv"}
+        ):
+            values = helper(K, period)
+            assert all(math.isnan(v) for v in (values if isinstance(values, tuple) else (values,))), name
+    assert all(math.isnan(v) for v in ind.get_latest_macd(K, 12, period, 9))
+    assert all(math.isnan(v) for v in ind.get_latest_macd(K, 12, 26, period))
+    assert all(math.isnan(v) for v in ind.get_latest_stochastic(K, 14, period))
+    assert all(math.isnan(v) for v in ind.get_latest_keltner_channels(K, 20, period))

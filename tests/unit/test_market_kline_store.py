@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tradeengine.exchange.kline_store import KlineStore, UpdateResult
+from tradeengine.indicators.klines import Klines
 
 M = 60_000
 
@@ -103,3 +106,82 @@ def test_memory_for_100_symbols_3_timeframes_1000_candles_under_30mb() -> None:
         for tf in ("1m", "5m", "1h"):
             store.extend(f"S{s}/USDT", tf, times, ones, ones, ones, ones, ones)
     assert store.nbytes < 30 * 1024 * 1024
+
+
+def _history(n: int) -> Klines:
+    rows = [_row(t, 100.0 + t) for t in range(n)]
+    return Klines.from_arrays(*(np.array(column) for column in zip(*rows, strict=True)))
+
+
+def _same(a: Klines, b: Klines) -> bool:
+    return all(
+        np.array_equal(getattr(a, name), getattr(b, name))
+        for name in ("open_time", "open", "high", "low", "close", "volume")
+    )
+
+
+def test_attached_history_reads_exactly_like_updates_at_every_step() -> None:
+    history = _history(40)
+    attached, updated = KlineStore(capacity=7), KlineStore(capacity=7)
+    advance = attached.attach("BTC/USDT", "5m", history, visible=5)
+    assert advance is not None
+    for t in range(5):
+        updated.update("BTC/USDT", "5m", *_row(t, 100.0 + t))
+    for t in range(5, 40):
+        for count in (None, 1, 3, 7, 50):
+            assert _same(attached.klines("BTC/USDT", "5m", count), updated.klines("BTC/USDT", "5m", count))
+        assert attached.last_open_time("BTC/USDT", "5m") == updated.last_open_time("BTC/USDT", "5m")
+        assert attached.count("BTC/USDT", "5m") == updated.count("BTC/USDT", "5m")
+        advance(t * M)
+        updated.update("BTC/USDT", "5m", *_row(t, 100.0 + t))
+    assert _same(attached.klines("BTC/USDT", "5m"), updated.klines("BTC/USDT", "5m"))
+    assert not attached.klines("BTC/USDT", "5m").close.flags.writeable
+
+
+def test_attached_series_refuses_a_row_out_of_order_and_the_end() -> None:
+    store = KlineStore(capacity=5)
+    advance = store.attach("ETH/USDT", "1h", _history(3), visible=1)
+    assert advance is not None
+    with pytest.raises(ValueError, match="not the candle opening"):
+        advance(2 * M)  # the next row opens at 1 * M
+    advance(1 * M)
+    advance(2 * M)
+    with pytest.raises(ValueError, match="not the candle opening"):
+        advance(3 * M)  # past the history
+    assert store.attach("ETH/USDT", "1h", _history(3), visible=1) is None  # already holds candles
+
+
+def test_any_other_write_copies_the_window_and_earlier_views_stay_as_they_were() -> None:
+    store = KlineStore(capacity=4)
+    history = _history(10)
+    advance = store.attach("SOL/USDT", "5m", history, visible=6)
+    assert advance is not None
+    before = store.klines("SOL/USDT", "5m")
+    assert store.update("SOL/USDT", "5m", *_row(5, 1.0)) is UpdateResult.REPLACED  # the newest, in place
+    after = store.klines("SOL/USDT", "5m")
+    assert list(after.open_time // M) == [2, 3, 4, 5]
+    assert list(after.open) == [102.0, 103.0, 104.0, 1.0]
+    assert list(before.open) == [102.0, 103.0, 104.0, 105.0]  # handed out before the write
+    assert history.open[5] == 105.0  # the replay's own columns are never written
+    assert store.update("SOL/USDT", "5m", *_row(6, 2.0)) is UpdateResult.APPENDED
+    assert list(store.klines("SOL/USDT", "5m").open_time // M) == [3, 4, 5, 6]
+
+
+def test_window_view_slices_columns_on_first_use_only() -> None:
+    store = KlineStore(capacity=50)
+    for t in range(30):
+        store.update("ADA/USDT", "5m", *_row(t))
+    view = store.klines("ADA/USDT", "5m", 10)
+    assert len(view) == 10
+    eager = Klines.from_arrays(
+        *(getattr(view, name).copy() for name in ("open_time", "open", "high", "low", "close", "volume"))
+    )
+    assert _same(view, eager)
+    assert view.close is view.close  # sliced once, then a plain attribute
+    assert view.tail(3).close.tolist() == eager.close[-3:].tolist()
+    with pytest.raises(AttributeError, match="no attribute 'closes'"):
+        _ = view.closes  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        view.close = eager.close  # type: ignore[misc]
+    with pytest.raises(ValueError, match="read-only"):
+        view.volume[0] = 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
@@ -341,3 +342,27 @@ async def test_real_candles_give_consistent_deterministic_decisions() -> None:
                 2 * (price - a.metadata["stopLoss"]), abs=D("1e-6")
             )
     assert {Decision.OPEN_LONG, Decision.WATCH} <= seen
+
+
+# ---------------------------------------------------------------- carried candles
+
+
+@pytest.mark.parametrize("policy", ["rules", "always_open"])
+async def test_carried_candles_decide_exactly_like_the_parsed_rows(policy: str) -> None:
+    """The runtime's requests carry the candles of ``market_data["klines"]``; the analyst reads
+    those instead of parsing the rows, with the same outcome in every branch, fallbacks included."""
+    cases = [
+        request(synthetic(wave(80, 0.2)), price="120"),
+        request(synthetic(wave(10, 0.1))),  # too few candles: the reasoning counts them
+        request(synthetic(turn(True)), price="112.5", position=position(PositionSide.LONG, "121", "110")),
+    ]
+    no_price = request(synthetic(wave(80, 0.2)))
+    bare = {**no_price.market_data, "calculatedIndicators": {}, "price": None, "ticker": {}}
+    cases.append(AnalysisRequest(**{**_fields(no_price), "market_data": bare}))  # price and indicators from candles
+    for base in cases:
+        rows = base.market_data["klines"]["1h"]
+        carried = AnalysisRequest(**{**_fields(base), "candles": {"1h": Klines.from_rows(rows)}})
+        parsed = await OfflineAnalyst(policy).analyze(base)  # type: ignore[arg-type]
+        direct = await OfflineAnalyst(policy).analyze(carried)  # type: ignore[arg-type]
+        assert direct.error is None
+        assert replace(direct, latency_ms=0.0) == replace(parsed, latency_ms=0.0)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import enum
 import gc
+import json
+import math
+import uuid
+from collections.abc import Iterator, Mapping
+from decimal import Decimal
 
 import numpy as np
 import pytest
 
-from tradeengine.ai.market_data import _num, kline_rows
+from tradeengine.ai import market_data
+from tradeengine.ai.market_data import KlineRowCache, _num, calculate_indicators, kline_rows
 from tradeengine.exchange.kline_store import KlineStore
+from tradeengine.indicators import core
 from tradeengine.indicators.klines import Klines
+from tradeengine.runtime.executor import jsonable
 from tradeengine.runtime.heap import frozen_heap
 from tradeengine.sandbox.values import FROZEN, freeze_basic_ticker, freeze_store_klines, freeze_ticker
 
@@ -108,3 +117,188 @@ def test_frozen_heap_freezes_for_the_block_only() -> None:
     with frozen_heap():
         assert gc.get_freeze_count() > before
     assert gc.get_freeze_count() == 0
+
+
+# ---------------------------------------------------------------- analysis requests
+
+
+def _series(n: int, seed: int) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    close = 100 + np.cumsum(rng.normal(size=n))
+    return (
+        np.arange(n, dtype=np.int64) * 300_000,
+        np.r_[close[:1], close[:-1]],
+        close + rng.random(n),
+        close - rng.random(n),
+        close,
+        rng.random(n) * 50,
+    )
+
+
+def test_row_cache_gives_kline_rows_for_every_window_and_keeps_its_candles() -> None:
+    columns = [c.copy() for c in _series(400, 1)]
+    columns[5][7] = -0.0  # repr "-0.0", equal to 0.0: only its bits tell them apart
+    columns[5][8] = 0.0
+    columns[2][9] = np.nan
+    store = KlineStore(capacity=300)
+    store.extend("BTC/USDT", "5m", *(c[:150] for c in columns))
+    cache = KlineRowCache()
+
+    def check(limit: int = 100) -> None:
+        view = store.klines("BTC/USDT", "5m", 300)
+        first = max(len(view) - limit, 0)
+        window = view.tail(limit)
+        rows = cache.rows("BTC/USDT", "5m", view, 300_000, first)
+        expected = kline_rows(window, 300_000)
+        assert rows == expected
+        assert [[type(v) for v in row] for row in rows] == [[type(v) for v in row] for row in expected]
+        candles = cache.candles("BTC/USDT", "5m")
+        for name in ("open_time", "open", "high", "low", "close", "volume"):
+            column = getattr(candles, name)
+            assert column.tobytes() == getattr(window, name).tobytes()  # bit for bit, NaN and -0.0 too
+            assert not column.flags.writeable
+        rows[0][1] = "mutated"  # the caller's copy: later calls are not affected
+
+    check()  # nothing cached yet
+    check()  # the same window again: every row reused
+    for i in range(150, 165):  # one new candle at a time
+        store.update("BTC/USDT", "5m", *(c[i].item() for c in columns))
+        check()
+    store.update("BTC/USDT", "5m", int(columns[0][164]), 1.0, 2.0, 0.5, 1.5, 7.0)  # the newest candle changes
+    check()
+    store.update("BTC/USDT", "5m", int(columns[0][130]), 3.0, 4.0, 2.5, 3.5, 1.0)  # an older one is corrected
+    check()
+    for i in range(165, 400, 40):  # a window that moved on by more than its length
+        store.update("BTC/USDT", "5m", *(c[i].item() for c in columns))
+    check()
+    check(limit=37)  # another length
+    check(limit=500)  # longer than the series
+    view = store.klines("BTC/USDT", "5m", 300)
+    before = cache.candles("BTC/USDT", "5m")
+    kept = before.close.copy()
+    store.update("BTC/USDT", "5m", int(view.open_time[-1]), 9.0, 9.0, 9.0, 9.0, 9.0)  # in place in the store
+    assert np.array_equal(before.close, kept)  # the candles are a copy
+
+
+def test_row_cache_starts_over_on_another_step_and_keeps_series_apart() -> None:
+    k = Klines.from_arrays(*_series(120, 2))
+    other = Klines.from_arrays(*_series(120, 3))
+    cache = KlineRowCache()
+    assert cache.rows("BTC/USDT", "5m", k, 300_000, 20) == kline_rows(k.tail(100), 300_000)
+    assert cache.rows("BTC/USDT", "5m", k, 60_000, 20) == kline_rows(k.tail(100), 60_000)
+    assert cache.rows("ETH/USDT", "5m", other, 300_000) == kline_rows(other, 300_000)
+    assert cache.rows("BTC/USDT", "5m", k, 300_000) == kline_rows(k, 300_000)
+    assert cache.rows("BTC/USDT", "5m", Klines.empty(), 300_000) == []
+    assert len(cache.candles("BTC/USDT", "5m")) == 0
+
+
+def _indicators_from_core(k: Klines) -> dict[str, object]:
+    """What calculate_indicators gave when it called each ``core`` function (the reference)."""
+    out: dict[str, object] = {}
+    if len(k) == 0:
+        return out
+
+    def put(key: str, series: np.ndarray) -> None:
+        if math.isfinite(series[-1]):
+            out[key] = float(series[-1])
+
+    for period in (20, 50, 200):
+        put(f"sma_{period}", core.sma(k.close, period))
+    for period in (12, 26):
+        put(f"ema_{period}", core.ema(k.close, period))
+    put("rsi_14", core.rsi(k.close, 14))
+    line, signal, hist = core.macd(k.close)
+    if all(math.isfinite(s[-1]) for s in (line, signal, hist)):
+        out["macd"] = {"macd": float(line[-1]), "signal": float(signal[-1]), "histogram": float(hist[-1])}
+    upper, middle, lower = core.bollinger_bands(k.close, 20, 2.0)
+    if all(math.isfinite(s[-1]) for s in (upper, middle, lower)):
+        out["bb"] = {"upper": float(upper[-1]), "middle": float(middle[-1]), "lower": float(lower[-1])}
+    put("atr_14", core.atr(k.high, k.low, k.close, 14))
+    put("vwap", core.vwap(k.high, k.low, k.close, k.volume))
+    return out
+
+
+@pytest.mark.parametrize("n", [0, 1, 13, 14, 15, 19, 20, 33, 34, 35, 49, 50, 199, 200, 201, 300, 1000])
+def test_calculate_indicators_is_core_bit_for_bit(n: int) -> None:
+    columns = _series(n, n)
+    plain = Klines.from_arrays(*columns)
+    close, high, volume = columns[4].copy(), columns[2].copy(), columns[5].copy()
+    close[:3] = np.nan  # leading NaNs: every kernel starts after them
+    high[3:5] = np.nan  # ATR starts later than the close-only indicators
+    volume[:] = 0.0  # no volume: VWAP stays in warm-up
+    gappy = Klines.from_arrays(columns[0], columns[1], high, columns[3], close, volume)
+    for k in (plain, gappy):
+        got, want = calculate_indicators(k), _indicators_from_core(k)
+        assert json.dumps(got) == json.dumps(want)  # same keys, same order, same digits
+
+
+def _jsonable_reference(value: object) -> object:
+    """``executor.jsonable`` before its exact-type fast path."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable_reference(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable_reference(v) for v in value]
+    if isinstance(value, float | int | str | bool) or value is None:
+        return value
+    return str(value)
+
+
+class _Side(enum.IntEnum):
+    BUY = 1
+
+
+class _Frozen(Mapping[str, object]):
+    def __init__(self, data: dict[str, object]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> object:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def test_jsonable_fast_path_gives_what_the_general_rules_give() -> None:
+    value = {
+        "a": 1.5,
+        2: [True, None, Decimal("1.10"), ("x", Decimal("-0")), {"n": float("nan")}],
+        "enum": _Side.BUY,
+        "uuid": uuid.UUID(int=7),
+        "frozen": _Frozen({"p": Decimal("3"), "q": [1, "s"]}),
+        "rows": [[1, "2.5", "3", 4]],
+        (1, 2): "tuple key",
+    }
+    got, want = jsonable(value), _jsonable_reference(value)
+    assert json.dumps(got, default=repr) == json.dumps(want, default=repr)
+    assert [type(v) for v in got.values()] == [type(v) for v in want.values()]  # type: ignore[attr-defined]
+    assert got["enum"] is _Side.BUY  # an int subclass is passed through, as before
+    rows = value["rows"]
+    assert got["rows"] == rows and got["rows"] is not rows  # containers are copies
+
+
+def test_row_cache_formats_only_the_candles_it_has_not_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    formatted: list[int] = []
+    format_rows = market_data._format_rows
+
+    def counting(columns: list[np.ndarray], step: int) -> list[list[object]]:
+        formatted.append(len(columns[0]))
+        return format_rows(columns, step)
+
+    monkeypatch.setattr(market_data, "_format_rows", counting)
+    columns = _series(200, 4)
+    store = KlineStore(capacity=300)
+    store.extend("BTC/USDT", "5m", *(c[:150] for c in columns))
+    cache = KlineRowCache()
+    cache.rows("BTC/USDT", "5m", store.klines("BTC/USDT", "5m", 300), 300_000, 50)
+    for i in range(150, 162):
+        store.update("BTC/USDT", "5m", *(c[i].item() for c in columns))
+    view = store.klines("BTC/USDT", "5m", 300)
+    cache.rows("BTC/USDT", "5m", view, 300_000, len(view) - 100)
+    store.update("BTC/USDT", "5m", int(view.open_time[-1]), 1.0, 2.0, 0.5, 1.5, 7.0)  # the newest candle changes
+    cache.rows("BTC/USDT", "5m", view, 300_000, len(view) - 100)
+    assert formatted == [100, 12, 1]

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -224,6 +228,28 @@ def test_print_is_captured_and_capped() -> None:
     assert len(strategy.last_output) < 600
 
 
+def test_output_belongs_to_one_call() -> None:
+    source = (
+        "def announce():\n    print('loading')\nannounce()\n"
+        "def check_signal(symbol, ticker, klines):\n    if symbol == 'A':\n        print(symbol)\n"
+    )
+    strategy = compile_strategy(source + "    return True\n")
+    ticker, klines = _inputs()
+    strategy.check_signal("B", ticker, klines)
+    assert strategy.last_output == ""  # not what the module body printed
+    strategy.check_signal("A", ticker, klines)
+    assert strategy.last_output == "A\n"
+    strategy.check_signal("B", ticker, klines)
+    assert strategy.last_output == ""
+    failing = compile_strategy(source + "    return 1 / 0\n")
+    with pytest.raises(StrategyRuntimeError):
+        failing.check_signal("A", ticker, klines)
+    assert failing.last_output == "A\n"  # kept for the author, not carried into the next call
+    with pytest.raises(StrategyRuntimeError):
+        failing.check_signal("B", ticker, klines)
+    assert failing.last_output == ""
+
+
 def test_print_goes_nowhere_near_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     strategy = compile_strategy("def check_signal(s, t, k):\n    print('hello from strategy')\n    return False\n")
     ticker, klines = _inputs()
@@ -301,6 +327,100 @@ async def test_async_variant_runs_off_the_event_loop() -> None:
     hostile = compile_strategy("def check_signal(s, t, k):\n    while True:\n        pass\n")
     with pytest.raises(StrategyRuntimeError):
         await hostile.check_signal_async("BTC/USDT", ticker, klines)
+
+
+def test_calls_on_one_instance_take_turns() -> None:
+    # The budget and the output buffer belong to the instance: concurrent callers must queue.
+    inside: list[int] = []
+    overlaps: list[int] = []
+    guard = threading.Lock()
+
+    def probe() -> float:
+        with guard:
+            inside.append(1)
+            overlaps.append(len(inside))
+        time.sleep(0.0005)  # lets the other threads run into the busy instance
+        with guard:
+            inside.pop()
+        return 1.0
+
+    source = "def check_signal(symbol, ticker, klines):\n    print(symbol)\n    return probe() == 1.0\n"
+    strategy = compile_strategy(source, helpers={"probe": probe})
+    ticker, klines = freeze_ticker(_inputs()[0]), freeze_klines(_inputs()[1])
+
+    def worker(n: int) -> list[bool]:
+        return [strategy.check_signal(f"S{n}", ticker, klines) for _ in range(25)]
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(worker, range(6)))
+    assert results == [[True] * 25] * 6
+    assert len(overlaps) == 150 and max(overlaps) == 1
+    assert strategy.last_output in {f"S{n}\n" for n in range(6)}
+
+
+def test_helper_arguments_bind_as_the_helper_declares_and_are_checked() -> None:
+    source = """
+def check_signal(symbol, ticker, klines):
+    k = klines["1h"]
+    rsi = get_latest_rsi(k)
+    assert rsi == get_latest_rsi(k, 14) == get_latest_rsi(klines=k, period=14) == getLatestRSI(k, period=14)
+    upper, middle, lower = get_latest_bollinger_bands(k, std_dev=2.0)
+    assert (upper, middle, lower) == get_latest_bollinger_bands(k, 20, 2.0)
+    return getCloses(k)[-1] == k.close[-1]
+"""
+    ticker, klines = _inputs()
+    assert compile_strategy(source).check_signal("BTC/USDT", ticker, klines) is True
+    for call, message in (
+        ("get_latest_rsi(k, [14])", "get_latest_rsi() does not accept 'list' object arguments"),
+        ("get_latest_rsi(k, period=(14,))", "get_latest_rsi() does not accept 'tuple' object arguments"),
+        ("getLatestRSI(k.close)", "getLatestRSI() does not accept column arguments"),
+        ("get_latest_rsi(ticker)", "get_latest_rsi() does not accept read-only mapping arguments"),
+        ("get_latest_rsi(k, periods=14)", "get_latest_rsi() got an unexpected keyword argument 'periods'"),
+        ("getLatestRSI()", "getLatestRSI() missing 1 required positional argument: 'klines'"),
+        ("get_latest_rsi(k, 14, 1)", "get_latest_rsi() takes from 1 to 2 positional arguments but 3 were given"),
+    ):
+        strategy = compile_strategy(f"def check_signal(s, ticker, klines):\n    k = klines['1h']\n    return {call}\n")
+        with pytest.raises(StrategyRuntimeError, match=re.escape(message)):
+            strategy.check_signal("BTC/USDT", ticker, klines)
+
+
+def test_helpers_with_variable_arguments_are_checked_too() -> None:
+    helpers = {"count": lambda *values, **named: float(len(values) + len(named)), "pair": lambda: (1.0, np.float64(2))}
+    ticker, klines = _inputs()
+    source = "def check_signal(s, t, k):\n    return count(1, 2.0, k['1h'], x=None) == 4.0 and pair() == (1.0, 2.0)\n"
+    assert compile_strategy(source, helpers=helpers).check_signal("BTC/USDT", ticker, klines) is True
+    for call in ("count([1])", "count(1, x=[1])"):
+        strategy = compile_strategy(f"def check_signal(s, t, k):\n    return {call}\n", helpers=helpers)
+        with pytest.raises(StrategyRuntimeError, match=re.escape("count() does not accept 'list' object arguments")):
+            strategy.check_signal("BTC/USDT", ticker, klines)
+
+
+def test_unpacking_assignments() -> None:
+    source = """
+def check_signal(symbol, ticker, klines):
+    a, b = [1, 2]
+    c, *rest = (3, 4, 5)
+    d, e = "de"
+    f, g = {"f": 1, "g": 2}
+    (h, i), j = ((6, 7), 8)
+    k, l = klines["1h"].close[-2:]
+    m, n = (x for x in range(2))
+    total = 0
+    for p, q in [(1, 2), (3, 4)]:
+        total += p * q
+    assert (a, b, c, rest, d, e, f, g, h, i, j, m, n, total) == (1, 2, 3, [4, 5], "d", "e", "f", "g", 6, 7, 8, 0, 1, 14)
+    return l == klines["1h"].close[-1]
+"""
+    ticker, klines = _inputs()
+    assert compile_strategy(source).check_signal("BTC/USDT", ticker, klines) is True
+    for statement, message in (
+        ("a, b = (1, 2, 3)", "too many values to unpack (expected 2)"),
+        ("a, b, c = [1, 2]", "not enough values to unpack (expected 3, got 2)"),
+        ("a, b = 1.5", "'float' object is not iterable"),
+    ):
+        strategy = compile_strategy(f"def check_signal(s, t, k):\n    {statement}\n    return True\n")
+        with pytest.raises(StrategyRuntimeError, match=re.escape(message)):
+            strategy.check_signal("BTC/USDT", ticker, klines)
 
 
 def test_limits_are_validated() -> None:

@@ -185,13 +185,17 @@ class RecordingEnviron(MutableMapping[str, str]):
 
 _AUDIT: dict[str, Any] = {"active": False, "events": [], "busy": False}
 # The sandbox's own bookkeeping legitimately runs the module body (exec) and reads code objects,
-# defaults and traceback frames of the strategy; events raised directly by these host functions
-# are not the strategy's doing. Everything else (strategy frames, guards, helpers) is recorded.
+# defaults and traceback frames of the strategy, and while building the namespace (before any
+# strategy code runs) reads the host helpers' signatures and compiles their wrappers; events
+# raised directly by these host functions are not the strategy's doing. Everything else
+# (strategy frames, guards, helper wrappers, helpers) is recorded.
 _HOST_BOOKKEEPING = {
     ("strategy.py", "compile_strategy"),
     ("strategy.py", "_line_of"),
     ("strategy.py", "_check_module_state"),
     ("guards.py", "is_immutable"),
+    ("guards.py", "_plain_signature"),
+    ("guards.py", "_wrapper_factory"),
 }
 _WATCHED_PREFIXES = (
     "import",

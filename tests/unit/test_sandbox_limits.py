@@ -93,6 +93,18 @@ def test_recursion_limit_is_configurable(market: tuple[Any, Any]) -> None:
     assert "deeper than 10" in str(error)
 
 
+def test_a_call_that_hit_the_recursion_limit_leaves_the_next_call_its_full_depth(market: tuple[Any, Any]) -> None:
+    source = "def depth(n):\n    return 0 if n == 0 else 1 + depth(n - 1)\n" + body(
+        "n = 12 if symbol == 'DEEP' else 8\nassert depth(n) == n"
+    )
+    strategy = compile_strategy(source, max_depth=10)
+    for _ in range(3):
+        with pytest.raises(StrategyRuntimeError) as info:
+            strategy.check_signal("DEEP", *market)
+        assert info.value.kind == "recursion"
+        assert strategy.check_signal("SOL/USDT", *market) is True
+
+
 def test_memory_limit_is_configurable(market: tuple[Any, Any]) -> None:
     source = body("keep = []\nwhile True:\n    keep.append([0] * 50000)")
     error, _, _ = _timed_failure(source, market, memory_limit_mb=8, time_limit_ms=2000)

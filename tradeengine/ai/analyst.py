@@ -7,12 +7,14 @@ the runtime: on failure it returns a safe default with ``error`` set.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 from uuid import UUID
 
 from tradeengine.domain.enums import Decision, PositionSide
+from tradeengine.indicators.klines import Klines
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,11 @@ class AnalysisRequest:
     # Higher goes first through the shared Gemini limiter (see ai.limiter.priority_for); an open
     # position is always raised to PRIORITY_OPEN_POSITION by the Gemini analyst.
     priority: int = 0
+    # The candles of market_data["klines"] by timeframe, as the float columns their rows were
+    # formatted from (parsing the rows back gives the same values), so an analyst in the same
+    # process need not parse strings. Empty when the request came over the wire; never sent.
+    # Derived from market_data, so left out of equality and repr.
+    candles: Mapping[str, Klines] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,12 +34,13 @@ as ``no_trade``/``watch`` with ``error`` set).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import time
 from collections.abc import Mapping
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from uuid import UUID
 
 from tradeengine.ai.analyst import AnalysisRequest, AnalysisResult, PositionSnapshot
@@ -60,6 +61,17 @@ PRICE_QUANTUM = Decimal("0.00000001")
 
 _SHORT_WORDS = re.compile(r"\bshort(s|ing|ed)?\b|\bsell[- ]side\b|\bbearish\b", re.IGNORECASE)
 _LONG_WORDS = re.compile(r"\blong(s)?\b|\bbuy(ing)?\b|\bbullish\b", re.IGNORECASE)
+
+
+class _Decided(NamedTuple):
+    """What the rules decided: an AnalysisResult but for the model and the latency, which
+    ``analyze`` adds once the decision is made."""
+
+    decision: Decision
+    reasoning: str
+    confidence: int
+    metadata: dict[str, Any]
+    key_levels: dict[str, Any]
 
 
 class OfflineAnalyst:
@@ -92,25 +104,33 @@ class OfflineAnalyst:
         """Decide; never raises."""
         started = time.perf_counter()  # latency only, never a decision input
         try:
-            result = self._decide(request)
+            decided = self._decide(request)
         except Exception as exc:  # the port promises a safe default instead of an exception
             safe = Decision.WATCH if request.position is not None else Decision.NO_TRADE
-            result = AnalysisResult(
+            return AnalysisResult(
                 decision=safe,
                 reasoning=f"offline analyst could not decide: {exc}",
                 confidence=0,
                 model=MODEL_NAME,
+                latency_ms=(time.perf_counter() - started) * 1000,
                 error=f"{type(exc).__name__}: {exc}",
             )
-        latency = (time.perf_counter() - started) * 1000
-        return _with_latency(result, latency)
+        return AnalysisResult(
+            decision=decided.decision,
+            reasoning=decided.reasoning,
+            confidence=decided.confidence,
+            metadata=decided.metadata,
+            key_levels=decided.key_levels,
+            model=MODEL_NAME,
+            latency_ms=(time.perf_counter() - started) * 1000,
+        )
 
     # ------------------------------------------------------------------ rules
 
-    def _decide(self, request: AnalysisRequest) -> AnalysisResult:
+    def _decide(self, request: AnalysisRequest) -> _Decided:
         data = request.market_data
-        klines = klines_from_market_data(data)
-        price = _price_of(data, klines.close[-1] if len(klines) else None)
+        klines = _primary_klines(request)
+        price = _price_of(data, klines.close.item(-1) if len(klines) else None)
         if self.policy == "always_open":
             return self._always_open(request, price)
 
@@ -194,7 +214,7 @@ class OfflineAnalyst:
         rsi: float | None,
         hist: float | None,
         levels: dict[str, Any],
-    ) -> AnalysisResult:
+    ) -> _Decided:
         long = position.side is PositionSide.LONG
         sign = 1 if long else -1
         entry = position.entry_price
@@ -252,7 +272,7 @@ class OfflineAnalyst:
             )
         return _result(Decision.WATCH, f"holding at {r_multiple:.2f}R", 60, {}, levels)
 
-    def _always_open(self, request: AnalysisRequest, price: Decimal) -> AnalysisResult:
+    def _always_open(self, request: AnalysisRequest, price: Decimal) -> _Decided:
         levels: dict[str, Any] = {"price": price}
         if request.position is not None:
             return _result(Decision.WATCH, "always_open policy holds positions until their stops", 50, {}, levels)
@@ -289,10 +309,24 @@ def _direction(request: AnalysisRequest) -> PositionSide:
             return PositionSide.SHORT
         if value in ("long", "long_only"):
             return PositionSide.LONG
-    text = request.ai_instructions or ""
-    if _SHORT_WORDS.search(text) and not _LONG_WORDS.search(text):
-        return PositionSide.SHORT
-    return PositionSide.LONG
+    return PositionSide.SHORT if _instructions_short(request.ai_instructions or "") else PositionSide.LONG
+
+
+@functools.lru_cache(maxsize=256)
+def _instructions_short(text: str) -> bool:
+    """The AI instructions mention shorting and never longs (a trader's text rarely changes: its
+    answer is kept rather than searching the whole text at every analysis)."""
+    return bool(_SHORT_WORDS.search(text)) and not _LONG_WORDS.search(text)
+
+
+def _primary_klines(request: AnalysisRequest) -> Klines:
+    """The primary timeframe's candles of ``market_data["klines"]``: the columns the request
+    carries for it when it has them (what parsing the rows gives, without parsing), else parsed."""
+    data = request.market_data
+    timeframe = data.get("primaryTimeframe") or next(iter(data.get("klines") or {}), None)
+    if timeframe is not None and timeframe in request.candles:
+        return request.candles[timeframe]
+    return klines_from_market_data(data)
 
 
 def _setting_fraction(settings: Mapping[str, Any], key: str) -> Decimal | None:
@@ -340,18 +374,5 @@ def _q(value: Decimal) -> Decimal:
 
 def _result(
     decision: Decision, reasoning: str, confidence: int, metadata: dict[str, Any], levels: dict[str, Any]
-) -> AnalysisResult:
-    return AnalysisResult(
-        decision=decision,
-        reasoning=reasoning,
-        confidence=confidence,
-        metadata=metadata,
-        key_levels=levels,
-        model=MODEL_NAME,
-    )
-
-
-def _with_latency(result: AnalysisResult, latency_ms: float) -> AnalysisResult:
-    from dataclasses import replace
-
-    return replace(result, latency_ms=latency_ms)
+) -> _Decided:
+    return _Decided(decision, reasoning, confidence, metadata, levels)

@@ -25,7 +25,7 @@ from tradeengine.ai.analyst import Analyst
 from tradeengine.backtest.errors import BacktestError
 from tradeengine.backtest.metrics import EquityCurve, Fill, MarkSeries, Summary, TradeRecord, summarize
 from tradeengine.clock import SimClock, datetime_to_ms
-from tradeengine.exchange.events import CandleClosed, MarketEvent
+from tradeengine.exchange.events import ROW_CLOSE, EventRow
 from tradeengine.exchange.symbols import timeframe_ms, to_unified
 from tradeengine.indicators.klines import Klines
 from tradeengine.runtime.heap import frozen_heap
@@ -468,7 +468,7 @@ async def run_backtest(
                 raise BacktestError("--strategy: no trader is active (did every strategy fail to compile?)")
             feed = made[0]
             total = feed.candle_count()
-            feed.subscribe(runtime.on_event)
+            feed.subscribe_rows(runtime.on_rows)
 
             def snapshot() -> ProgressSnapshot:
                 equity: Decimal | None = None
@@ -491,13 +491,15 @@ async def run_backtest(
             if progress is not None:
                 every = max(progress_every, 1)
 
-                async def count(event: MarketEvent) -> None:
-                    if type(event) is CandleClosed:
-                        counts["closed"] += 1
-                        if counts["closed"] % every == 0:
-                            progress(snapshot())
+                async def count(_: int, rows: list[EventRow]) -> None:
+                    before = counts["closed"]
+                    for row in rows:
+                        if row[2] == ROW_CLOSE:
+                            counts["closed"] += 1
+                    if counts["closed"] // every != before // every:
+                        progress(snapshot())
 
-                feed.subscribe(count)
+                feed.subscribe_rows(count)
             replay_started = time.perf_counter()
             with frozen_heap():  # the boot-time heap never needs collecting during a replay
                 await feed.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
 
 import numpy as np
@@ -31,9 +32,14 @@ class _Series:
     When ``end`` reaches the buffer's end, the newest ``capacity - 1`` rows move to a *fresh*
     buffer (once every ``slack`` appends: amortized O(1)). A fresh buffer, not an in-place
     memmove, so views handed out earlier never see rows shift under them.
+
+    A replay can instead *attach* a series' whole history (``attach``): the buffer is then the
+    replay's own read-only columns, ``advance`` reveals the next row (nothing is copied), and
+    the first write of any other kind copies the window into an own buffer (``_own``).
     """
 
     __slots__ = (
+        "attached",
         "buflen",
         "capacity",
         "close",
@@ -43,6 +49,7 @@ class _Series:
         "low",
         "open",
         "ro_close",
+        "ro_columns",
         "ro_high",
         "ro_low",
         "ro_open",
@@ -61,6 +68,7 @@ class _Series:
         self.start = 0
         self.end = 0
         self.last: int | None = None
+        self.attached = False
         self._allocate()
 
     def _allocate(self) -> None:
@@ -75,10 +83,47 @@ class _Series:
         ro_times.flags.writeable = False
         self.ro_times = ro_times
         self.ro_open, self.ro_high, self.ro_low, self.ro_close, self.ro_volume = ro_values
+        self.ro_columns = (ro_times, *ro_values)
         self.view_cache: Klines | None = None
 
     def __len__(self) -> int:
         return self.end - self.start
+
+    def attach(self, times: IntArray, values: FloatArray, visible: int) -> None:
+        """Serve ``times``/``values`` (read-only, rows oldest first) in place; the first ``visible``
+        rows are in the series now, ``advance`` reveals the rest one by one."""
+        self.attached = True
+        self.times = self.ro_times = times
+        self.values = values
+        self.open, self.high, self.low, self.close, self.volume = values
+        self.ro_open, self.ro_high, self.ro_low, self.ro_close, self.ro_volume = values
+        self.ro_columns = (times, *values)
+        self.buflen = len(times)
+        self.end = visible
+        self.start = max(visible - self.capacity, 0)
+        self.last = int(times[visible - 1]) if visible else None
+        self.view_cache = None
+
+    def advance(self, open_time: int) -> None:
+        """Reveal the next attached row, which must be the candle opening at ``open_time``."""
+        end = self.end
+        if end >= self.buflen or self.times.item(end) != open_time:
+            raise ValueError(f"attached series: the next row is not the candle opening at {open_time}")
+        self.end = end + 1
+        if end + 1 - self.start > self.capacity:
+            self.start += 1
+        self.last = open_time
+        self.view_cache = None
+
+    def _own(self) -> None:
+        """Leave attached mode: copy the visible window into a buffer of our own."""
+        times, values, start, end = self.times, self.values, self.start, self.end
+        self.attached = False
+        self.buflen = self.capacity + max(self.capacity // 4, 16)
+        self._allocate()
+        self.times[: end - start] = times[start:end]
+        self.values[:, : end - start] = values[:, start:end]
+        self.start, self.end = 0, end - start
 
     def compact(self, keep: int) -> None:
         """Move the newest ``keep`` rows to the start of a fresh buffer."""
@@ -90,6 +135,8 @@ class _Series:
         self.start, self.end = 0, keep
 
     def append(self, open_time: int, o: float, h: float, lo: float, c: float, v: float) -> None:
+        if self.attached:
+            self._own()
         if self.end == self.buflen:
             self.compact(self.capacity - 1)
         self.view_cache = None
@@ -106,6 +153,9 @@ class _Series:
         self.last = open_time
 
     def write(self, i: int, o: float, h: float, lo: float, c: float, v: float) -> None:
+        if self.attached:
+            i -= self.start  # the window moves to the start of the new buffer
+            self._own()
         self.view_cache = None
         self.open[i] = o
         self.high[i] = h
@@ -114,6 +164,8 @@ class _Series:
         self.volume[i] = v
 
     def insert(self, open_time: int, row: tuple[float, float, float, float, float]) -> UpdateResult:
+        if self.attached:
+            self._own()
         window = slice(self.start, self.end)
         position = int(np.searchsorted(self.times[window], open_time))
         if position == 0 and len(self) >= self.capacity:
@@ -131,6 +183,8 @@ class _Series:
         """Append rows that are all newer than ``last`` and strictly increasing."""
         count = len(times)
         self.view_cache = None
+        if self.attached:
+            self._own()
         if count >= self.capacity:
             self._allocate()
             self.times[: self.capacity] = times[-self.capacity :]
@@ -148,19 +202,9 @@ class _Series:
     def view(self, count: int | None) -> Klines:
         n = len(self) if count is None else max(min(count, len(self)), 0)
         cached = self.view_cache
-        if cached is not None and len(cached.open_time) == n:
+        if cached is not None and len(cached) == n:
             return cached  # nothing changed since: the very same view (helpers/sandbox caches hit)
-        lo, hi = self.end - n, self.end
-        # Trusted construction: columns are 1-D, equally long, read-only slices of our buffers,
-        # which is everything Klines.__post_init__ would check or enforce.
-        view = object.__new__(Klines)
-        put = object.__setattr__
-        put(view, "open_time", self.ro_times[lo:hi])
-        put(view, "open", self.ro_open[lo:hi])
-        put(view, "high", self.ro_high[lo:hi])
-        put(view, "low", self.ro_low[lo:hi])
-        put(view, "close", self.ro_close[lo:hi])
-        put(view, "volume", self.ro_volume[lo:hi])
+        view = Klines.window(self.ro_columns, self.end - n, self.end)
         self.view_cache = view
         return view
 
@@ -264,6 +308,21 @@ class KlineStore:
                 raise ValueError("extend: open_time must be strictly increasing")
             series.extend(rest, np.vstack((open[newer:], high[newer:], low[newer:], close[newer:], volume[newer:])))
         return count
+
+    def attach(self, symbol: str, timeframe: str, history: Klines, visible: int) -> Callable[[int], None] | None:
+        """Serve a replay's whole ``history`` of one series without copying it row by row: its first
+        ``visible`` candles are in the store at once, and the returned ``advance(open_time)``
+        reveals the next one (what ``update`` with that candle would do, minus the writes).
+        Views and reads are the same as with updates. Any other write to the series copies its
+        window into an own buffer first. Returns None (nothing attached) when the series already
+        holds candles."""
+        series = self._ensure(symbol, timeframe)
+        if len(series) or series.attached:
+            return None
+        values = np.vstack((history.open, history.high, history.low, history.close, history.volume))
+        values.flags.writeable = False
+        series.attach(history.open_time, values, visible)
+        return series.advance
 
     def klines(self, symbol: str, timeframe: str, count: int | None = None) -> Klines:
         """Return a zero-copy, read-only view of the last ``count`` candles (all when None)."""

@@ -12,16 +12,25 @@ from loguru import logger
 from numpy.typing import NDArray
 
 from tradeengine.clock import Clock, SimClock
-from tradeengine.exchange.events import CandleClosed, CandleUpdated, MarketEvent, TickerUpdated
+from tradeengine.exchange.events import (
+    ROW_CLOSE,
+    ROW_TICKER,
+    ROW_UPDATE,
+    CandleClosed,
+    CandleUpdated,
+    EventRow,
+    MarketEvent,
+    TickerUpdated,
+)
 from tradeengine.exchange.feed import EventHandler, FeedStatus
 from tradeengine.exchange.files import data_path, load_candles
 from tradeengine.exchange.kline_store import KlineStore
 from tradeengine.exchange.symbols import timeframe_ms, to_unified
 from tradeengine.indicators.klines import Klines
 
-KIND_UPDATE = 0  # the open candle changed (intra-candle update from a smaller timeframe)
-KIND_CLOSE = 1  # the candle closed
-KIND_TICKER = 2  # ticker derived from the symbol's smallest timeframe; columns: see ReplayBatch
+KIND_UPDATE = ROW_UPDATE  # the open candle changed (intra-candle update from a smaller timeframe)
+KIND_CLOSE = ROW_CLOSE  # the candle closed
+KIND_TICKER = ROW_TICKER  # ticker derived from the symbol's smallest timeframe; columns: see ReplayBatch
 
 _DAY_MS = 86_400_000
 
@@ -125,6 +134,7 @@ class ReplayBatch:
 
 
 BatchHandler = Callable[[ReplayBatch], Awaitable[None]]
+RowHandler = Callable[[int, list[EventRow]], Awaitable[None]]  # (instant ms, its rows in stream order)
 
 
 class ReplayFeed:
@@ -157,6 +167,7 @@ class ReplayFeed:
         self._clock = clock
         self._store = store if store is not None else KlineStore()
         self._handlers: list[EventHandler] = []
+        self._row_handlers: list[RowHandler] = []
         self._speed = speed
         self._stopped = False
         self._delivered = 0
@@ -262,11 +273,16 @@ class ReplayFeed:
             base_of_symbol.setdefault(symbol, index)  # series are sorted by timeframe: first is smallest
         parts: list[tuple[NDArray[np.int64], int, int, NDArray[np.int64], NDArray[np.float64]]] = []
         self._preload: list[tuple[int, Klines]] = []
+        # Series whose rows are closes only: ``run`` attaches them to the store (see KlineStore.attach).
+        self._histories: dict[int, tuple[Klines, int]] = {}
         for index, (symbol, timeframe) in enumerate(self.series):
             klines = data[(symbol, timeframe)]
             step = timeframe_ms(timeframe)
             close_time = klines.open_time + step
             in_range = np.ones(len(klines), dtype=bool)
+            if sources.get((symbol, timeframe)) is None:
+                warm_rows = int(np.searchsorted(close_time, start_ms, side="right")) if start_ms is not None else 0
+                self._histories[index] = (klines, warm_rows)
             if start_ms is not None:
                 warm = close_time <= start_ms
                 self._preload.append(
@@ -347,6 +363,11 @@ class ReplayFeed:
     def subscribe(self, handler: EventHandler) -> None:
         self._handlers.append(handler)
 
+    def subscribe_rows(self, handler: RowHandler) -> None:
+        """Deliver every later instant as ``handler(at_ms, rows)`` (see ``EventRow``): the same
+        stream as the events, without building them. Row handlers run before event handlers."""
+        self._row_handlers.append(handler)
+
     def status(self) -> FeedStatus:
         return FeedStatus(connected=not self._stopped, last_message_ms=self._last_ms, candles_closed=self._closed)
 
@@ -379,57 +400,108 @@ class ReplayFeed:
             await clock.sleep((target_ms - previous_ms) / 1000 / self._speed)
 
     async def run(self) -> None:
-        """Deliver every event in order: store first, then each handler."""
-        self._load_warmup()
-        store, series, chunk, handlers = self._store, self.series, 4096, self._handlers
+        """Deliver every instant in order: the store takes all its candles first, then each handler
+        gets its rows or events. All candles of an instant are in the store before anyone looks, so
+        a 5m close that coincides with a 1h close sees that 1h candle too (as live would, give or
+        take network order), and row and event delivery see the very same store."""
+        advancers = self._attach_histories()
+        store, row_handlers, handlers = self._store, self._row_handlers, self._handlers
+        symbols = np.array([symbol for symbol, _ in self.series], dtype=object)
+        timeframes = np.array([timeframe for _, timeframe in self.series], dtype=object)
+        available = self._available
+        total = len(available)
         previous: int | None = None
-        for begin in range(0, len(self._available), chunk):
-            end = begin + chunk
-            # Plain Python lists per chunk: numpy scalar access per event costs more than the event.
-            times = self._available[begin:end].tolist()
-            indexes = self._series_index[begin:end].tolist()
-            kinds = self._kind[begin:end].tolist()
-            opens = self._open_time[begin:end].tolist()
-            rows = self._values[:, begin:end].T.tolist()
-            for at, index, kind, open_time, (o, h, lo, c, v) in zip(times, indexes, kinds, opens, rows, strict=True):
+        begin = 0
+        while begin < total:
+            # Chunks end on an instant's boundary, so no instant is delivered in two parts.
+            end = min(begin + 4096, total)
+            if end < total:
+                end = int(np.searchsorted(available, available[end - 1], side="right"))
+            # Rows are zipped from whole columns (C loops): per-row Python would cost more than the row.
+            indexes = self._series_index[begin:end]
+            times = available[begin:end]
+            rows: list[EventRow] = list(
+                zip(
+                    symbols[indexes].tolist(),
+                    timeframes[indexes].tolist(),
+                    self._kind[begin:end].tolist(),
+                    self._open_time[begin:end].tolist(),
+                    *self._values[:, begin:end].tolist(),
+                    strict=True,
+                )
+            )
+            cuts = [0, *(np.flatnonzero(times[1:] != times[:-1]) + 1).tolist(), len(rows)]
+            instants = times[cuts[:-1]].tolist()
+            series_of = indexes.tolist()
+            for at, first, last in zip(instants, cuts, cuts[1:], strict=False):
                 if self._stopped:
                     return
-                if at != previous:
-                    await self._move_clock(at, previous)
-                    previous = at
-                symbol, timeframe = series[index]
-                events: tuple[MarketEvent, ...]
-                if kind == KIND_TICKER:
-                    events = (
-                        TickerUpdated(
-                            symbol,
-                            at,
-                            Decimal(repr(c)),
-                            Decimal(repr(h)),
-                            Decimal(repr(round(lo, 8))),
-                            Decimal(repr(round(o, 4))),
-                        ),
-                    )
-                else:
-                    store.update(symbol, timeframe, open_time, o, h, lo, c, v)
-                    self._last_ms = at
-                    if kind == KIND_CLOSE:
-                        self._closed += 1
-                        events = (
-                            CandleUpdated(symbol, timeframe, open_time, o, h, lo, c, v, True),
-                            CandleClosed(symbol, timeframe, open_time, o, h, lo, c, v),
-                        )
+                await self._move_clock(at, previous)
+                previous = at
+                instant = rows[first:last]
+                for k in range(first, last):
+                    row = rows[k]
+                    kind = row[2]
+                    if kind == ROW_TICKER:
+                        continue
+                    advance = advancers[series_of[k]]
+                    if advance is not None:
+                        advance(row[3])
                     else:
-                        events = (CandleUpdated(symbol, timeframe, open_time, o, h, lo, c, v, False),)
-                # Inlined delivery (no extra coroutine per event): this loop is the backtest's hot path.
-                for event in events:
-                    self._delivered += 1
-                    for handler in handlers:
-                        try:
-                            await handler(event)
-                        except Exception:
-                            logger.exception("market event handler failed for {}", type(event).__name__)
+                        store.update(row[0], row[1], row[3], row[4], row[5], row[6], row[7], row[8])
+                    if kind == ROW_CLOSE:
+                        self._closed += 1
+                self._last_ms = at
+                for row_handler in row_handlers:
+                    try:
+                        await row_handler(at, instant)
+                    except Exception:
+                        logger.exception("replay row handler failed at {}", at)
+                if handlers:
+                    await self._deliver(at, instant, handlers)
+            begin = end
         await self._finish(previous)
+
+    def _attach_histories(self) -> list[Callable[[int], None] | None]:
+        """Hand close-only series to the store whole (warm-up rows visible at once), the rest get
+        their warm-up rows the ordinary way. Returns each series' ``advance`` (None: not attached)."""
+        advancers: list[Callable[[int], None] | None] = [None] * len(self.series)
+        for index, (history, warm_rows) in self._histories.items():
+            symbol, timeframe = self.series[index]
+            advancers[index] = self._store.attach(symbol, timeframe, history, warm_rows)
+        self._preload = [(i, k) for i, k in self._preload if advancers[i] is None]
+        self._load_warmup()
+        return advancers
+
+    async def _deliver(self, at: int, rows: list[EventRow], handlers: list[EventHandler]) -> None:
+        """The rows of one instant as ``MarketEvent``s, each to every handler in turn."""
+        for symbol, timeframe, kind, open_time, o, h, lo, c, v in rows:
+            events: tuple[MarketEvent, ...]
+            if kind == ROW_TICKER:
+                events = (
+                    TickerUpdated(
+                        symbol,
+                        at,
+                        Decimal(repr(c)),
+                        Decimal(repr(h)),
+                        Decimal(repr(round(lo, 8))),
+                        Decimal(repr(round(o, 4))),
+                    ),
+                )
+            elif kind == ROW_CLOSE:
+                events = (
+                    CandleUpdated(symbol, timeframe, open_time, o, h, lo, c, v, True),
+                    CandleClosed(symbol, timeframe, open_time, o, h, lo, c, v),
+                )
+            else:
+                events = (CandleUpdated(symbol, timeframe, open_time, o, h, lo, c, v, False),)
+            for event in events:
+                self._delivered += 1
+                for handler in handlers:
+                    try:
+                        await handler(event)
+                    except Exception:
+                        logger.exception("market event handler failed for {}", type(event).__name__)
 
     async def _finish(self, last_ms: int | None) -> None:
         if isinstance(self._clock, SimClock) and last_ms is not None:

@@ -4,12 +4,27 @@
 close, volume, ...]``. A ``get_latest_*`` value equals the last element of the matching
 full-series function in ``core`` on the same candles (NaN when there are too few candles).
 
-Windowed indicators only look at the window the last value needs. Recursive ones (EMA, RSI,
-MACD, ATR, ADX, Keltner) and the ones whose TA-Lib value depends on a running total from the
-first candle (Bollinger, OBV) run over the whole series, calling the compiled kernels directly
-(a ``Klines`` view already holds validated float64 columns, so ``core``'s argument checks are
-skipped). Results for ``Klines`` inputs are cached (see ``_run``) so many strategies asking for
-the same value in one tick pay once.
+Window-only helpers read just the newest window the value needs and run one compiled kernel over
+it that returns numbers (``_kernels.last_*``; ROC and the price changes just read two closes):
+SMA, WMA, Bollinger, STOCHF, CCI, WILLR, ROC, Donchian, AROON, volume, volume MA, volume change,
+and the price-action helpers; their cost does not grow with the number of candles given. Most
+give bit for bit what the full-series function gives when run on that window alone; CCI sums its
+window in the full series' buffer order and is bit-identical to the full series over all the
+candles. SMA, volume MA and Bollinger sum the window left to right (within a few ulp of the
+exact mean) where the full series carries TA-Lib's running totals from the first candle (which
+drift by up to ~100 ulp for closes over a long series, more for spiky volumes), so they agree
+with it to ~1e-12 relative on the real files, and their value does not depend on where the
+series starts. A NaN older than the window does not reach a window-only value (TA-Lib's running
+sums would carry it on for ever).
+
+Recursive indicators (EMA, RSI, MACD, ATR, ADX, Keltner) and the accumulating ones (OBV, VWAP)
+run over all the candles given; their results for ``Klines`` inputs are cached (see ``_run``)
+so many strategies asking for the same value in one tick pay once. A window-only helper costs
+about what a cache lookup would, so it is not cached.
+
+Kernels are called through their raw entry points (``_kernels._entry_point``), skipping numba's
+per-call dispatch; ``_column`` makes sure only arrays those read correctly get there. A
+``Klines`` view already holds validated 1-D columns, so ``core``'s argument checks are skipped.
 """
 
 from __future__ import annotations
@@ -30,6 +45,9 @@ Pair: TypeAlias = tuple[float, float]
 Triple: TypeAlias = tuple[float, float, float]
 
 _NAN = math.nan
+_INF = math.inf
+_F8 = np.dtype(np.float64)
+_UNIT_STRIDE = (8,)
 _CACHE_LIMIT = 4096
 # key -> (close array kept alive so its id() cannot be reused while the entry exists, value)
 _cache: dict[tuple[Any, ...], tuple[FloatArray, Any]] = {}
@@ -45,19 +63,45 @@ def _klines(klines: KlinesInput) -> Klines:
     return Klines.from_rows(klines)
 
 
+def _column(x: FloatArray) -> FloatArray:
+    """``x`` as the kernels' entry points read it: 1-D, unit stride, float64.
+
+    The kline store's columns (and those of ``Klines.from_rows``/``from_arrays``) already are;
+    anything else (a strided or non-float64 column of a hand-built ``Klines``) is copied.
+    """
+    if x.strides == _UNIT_STRIDE and x.dtype is _F8:
+        return x
+    return core._array(x, "klines")
+
+
+def _close(klines: KlinesInput) -> FloatArray:
+    """``_column`` of the close column, in one call (the window helpers' per-call overhead is
+    most of their cost)."""
+    c = (klines if type(klines) is Klines else _klines(klines)).close
+    return c if c.strides == _UNIT_STRIDE and c.dtype is _F8 else core._array(c, "klines")
+
+
+def _volume(klines: KlinesInput) -> FloatArray:
+    """``_column`` of the volume column, in one call."""
+    v = (klines if type(klines) is Klines else _klines(klines)).volume
+    return v if v.strides == _UNIT_STRIDE and v.dtype is _F8 else core._array(v, "klines")
+
+
+def _hlc(klines: KlinesInput) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """``_column`` of high, low and close, in one call."""
+    k = klines if type(klines) is Klines else _klines(klines)
+    return _column(k.high), _column(k.low), _column(k.close)
+
+
+def _std_dev(value: Any) -> float:
+    if type(value) is float and -_INF < value < _INF:  # the common case, kept cheap
+        return value
+    return core._number(value, "std_dev")
+
+
 def clear_cache() -> None:
     """Drop all memoized helper results."""
     _cache.clear()
-
-
-def _window_mean(column: FloatArray, period: int) -> float:
-    """Mean of the last ``period`` values, summed left to right as TA-Lib does."""
-    if len(column) < period:
-        return _NAN
-    total = 0.0
-    for value in column[-period:].tolist():
-        total += value
-    return total / period
 
 
 def _last(values: FloatArray) -> float:
@@ -67,19 +111,18 @@ def _last(values: FloatArray) -> float:
 def _run(name: str, params: tuple[Any, ...], klines: KlinesInput, compute: Callable[[Klines], Any]) -> Any:
     """Return ``compute(klines)``, memoized for ``Klines`` inputs so a tick's many strategies pay once.
 
-    Key: helper, parameters, the close array's ``id`` and length, and the newest candle's open
-    time, close and volume. The kline store appends by shifting (the newest open time changes)
-    and updates the still-open candle in place (every trade adds volume), so neither can return
-    a stale value. Each entry keeps the close array alive, so its ``id`` cannot be recycled by
-    another array while the entry exists.
+    Key: helper, parameters, the close array's ``id``, and the newest candle's open time, close
+    and volume. The kline store appends by shifting (the newest open time changes) and updates
+    the still-open candle in place (every trade adds volume), so neither can return a stale
+    value. Each entry keeps the close array alive, so its ``id`` (and with it the number of
+    candles) cannot be recycled by another array while the entry exists.
     """
     if type(klines) is not Klines:
         return compute(_klines(klines))
     close = klines.close
-    n = len(close)
-    if n == 0:
+    if not len(close):
         return compute(klines)
-    key = (name, params, id(close), n, klines.open_time.item(-1), close.item(-1), klines.volume.item(-1))
+    key = (name, params, id(close), klines.open_time.item(-1), close.item(-1), klines.volume.item(-1))
     hit = _cache.get(key)
     if hit is not None:
         return hit[1]
@@ -96,11 +139,10 @@ def _run(name: str, params: tuple[Any, ...], klines: KlinesInput, compute: Calla
 def get_latest_sma(klines: KlinesInput, period: int = 20) -> float:
     """Latest simple moving average of close."""
     period = _period(period, "period")
-
-    def compute(k: Klines) -> float:
-        return _window_mean(k.close, period)
-
-    return float(_run("sma", (period,), klines, compute))
+    c = _close(klines)
+    if len(c) < period:
+        return _NAN
+    return _k.last_sum_entry(c, period) / period
 
 
 def get_latest_ema(klines: KlinesInput, period: int = 20) -> float:
@@ -109,32 +151,32 @@ def get_latest_ema(klines: KlinesInput, period: int = 20) -> float:
     k_ema = 2.0 / (period + 1)
 
     def compute(k: Klines) -> float:
-        c = k.close
-        return _last(_k.ema(c, _begin(c), period, k_ema))
+        c = _column(k.close)
+        if len(c) < period:
+            return _NAN
+        return _k.ema_entry(c, _begin(c), period, k_ema).item(-1)
 
-    return float(_run("ema", (period,), klines, compute))
+    result: float = _run("ema", (period,), klines, compute)
+    return result
 
 
 def get_latest_wma(klines: KlinesInput, period: int = 20) -> float:
     """Latest weighted moving average of close."""
     period = _period(period, "period")
-
-    def compute(k: Klines) -> float:
-        if len(k) < period:
-            return _NAN
-        c = k.close[-period:]
-        return _last(_k.wma(c, _begin(c), period))
-
-    return float(_run("wma", (period,), klines, compute))
+    c = _close(klines)
+    if len(c) < period:
+        return _NAN
+    return _k.last_wma_entry(c, period)
 
 
 def get_latest_vwap(klines: KlinesInput) -> float:
     """VWAP over all the candles given (typical price weighted by volume); NaN if no volume."""
 
     def compute(k: Klines) -> float:
-        return _last(_k.vwap(k.high, k.low, k.close, k.volume))
+        return _last(_k.vwap_entry(_column(k.high), _column(k.low), _column(k.close), _column(k.volume)))
 
-    return float(_run("vwap", (), klines, compute))
+    result: float = _run("vwap", (), klines, compute)
+    return result
 
 
 # --------------------------------------------------------------------------- momentum
@@ -145,10 +187,13 @@ def get_latest_rsi(klines: KlinesInput, period: int = 14) -> float:
     period = _period(period, "period")
 
     def compute(k: Klines) -> float:
-        c = k.close
-        return _last(_k.rsi(c, _begin(c), period))
+        c = _column(k.close)
+        if len(c) <= period:
+            return _NAN
+        return _k.rsi_entry(c, _begin(c), period).item(-1)
 
-    return float(_run("rsi", (period,), klines, compute))
+    result: float = _run("rsi", (period,), klines, compute)
+    return result
 
 
 def get_latest_macd(
@@ -160,10 +205,12 @@ def get_latest_macd(
     signal_period = _period(signal_period, "signal_period")
 
     def compute(k: Klines) -> Triple:
-        c = k.close
+        c = _column(k.close)
         fast, slow = (fast_period, slow_period) if fast_period <= slow_period else (slow_period, fast_period)
-        line, signal, hist = _k.macd(c, _begin(c), fast, slow, signal_period)
-        return _last(line), _last(signal), _last(hist)
+        if len(c) < slow + signal_period - 1:
+            return _NAN, _NAN, _NAN
+        line, signal, hist = _k.macd_entry(c, _begin(c), fast, slow, signal_period)
+        return line.item(-1), signal.item(-1), hist.item(-1)
 
     result: Triple = _run("macd", (fast_period, slow_period, signal_period), klines, compute)
     return result
@@ -173,96 +220,53 @@ def get_latest_stochastic(klines: KlinesInput, k_period: int = 14, d_period: int
     """Latest fast stochastic (%K, %D)."""
     k_period = _period(k_period, "k_period")
     d_period = _period(d_period, "d_period")
-    need = k_period + d_period - 1
-
-    def compute(k: Klines) -> Pair:
-        if len(k) < need:
-            return _NAN, _NAN
-        h, lo, c = k.high[-need:], k.low[-need:], k.close[-need:]
-        kk, dd = _k.stochf(h, lo, c, _begin(h, lo, c), k_period, d_period)
-        return _last(kk), _last(dd)
-
-    result: Pair = _run("stochastic", (k_period, d_period), klines, compute)
+    h, lo, c = _hlc(klines)
+    if len(c) < k_period + d_period - 1:
+        return _NAN, _NAN
+    result: Pair = _k.last_stochf_entry(h, lo, c, k_period, d_period)
     return result
 
 
 def get_latest_cci(klines: KlinesInput, period: int = 20) -> float:
     """Latest commodity channel index."""
     period = _period(period, "period")
-
-    def compute(k: Klines) -> float:
-        n = len(k)
-        if n < period:
-            return _NAN
-        start = n - period
-        if math.isnan(k.high[0]) or math.isnan(k.low[0]) or math.isnan(k.close[0]):
-            # Leading NaNs shift TA-Lib's buffer slots; let the full series sort it out.
-            return _last(core.cci(k.high, k.low, k.close, period))
-        highs: list[float] = k.high[start:].tolist()
-        lows: list[float] = k.low[start:].tolist()
-        closes: list[float] = k.close[start:].tolist()
-        typical = [(h + lo + c) / 3.0 for h, lo, c in zip(highs, lows, closes, strict=True)]
-        # TA-Lib sums its circular buffer from slot 0, the value whose index is a multiple of
-        # `period`; plain float loops keep that order (and so every digit) of the full series.
-        first = (-start) % period
-        ordered = typical[first:] + typical[:first]
-        total = 0.0
-        for value in ordered:
-            total += value
-        mean = total / period
-        deviation = 0.0
-        for value in ordered:
-            deviation += abs(value - mean)
-        deviation /= period
-        delta = typical[-1] - mean
-        level = abs(mean)
-        if abs(delta) <= core._TA_EPSILON * level or abs(deviation) <= core._TA_EPSILON * level:
-            return 0.0
-        return delta / (0.015 * deviation)
-
-    return float(_run("cci", (period,), klines, compute))
+    h, lo, c = _hlc(klines)
+    if len(c) < period:
+        return _NAN
+    return _k.last_cci_entry(h, lo, c, period)
 
 
 def get_latest_williams_r(klines: KlinesInput, period: int = 14) -> float:
     """Latest Williams %R (-100..0)."""
     period = _period(period, "period")
-
-    def compute(k: Klines) -> float:
-        if len(k) < period:
-            return _NAN
-        h, lo, c = k.high[-period:], k.low[-period:], k.close[-period:]
-        return _last(_k.willr(h, lo, c, _begin(h, lo, c), period))
-
-    return float(_run("williams_r", (period,), klines, compute))
+    h, lo, c = _hlc(klines)
+    if len(c) < period:
+        return _NAN
+    return _k.last_willr_entry(h, lo, c, period)
 
 
 def get_latest_roc(klines: KlinesInput, period: int = 10) -> float:
     """Latest rate of change of close, in percent."""
     period = _period(period, "period")
-
-    def compute(k: Klines) -> float:
-        if len(k) <= period:
-            return _NAN
-        now, then = k.close.item(-1), k.close.item(-1 - period)
-        return ((now / then) - 1.0) * 100.0 if then != 0.0 else 0.0  # TA-Lib: a zero base gives 0
-
-    return float(_run("roc", (period,), klines, compute))
+    c = _close(klines)
+    if len(c) <= period:
+        return _NAN
+    now, then = c.item(-1), c.item(-1 - period)
+    return ((now / then) - 1.0) * 100.0 if then != 0.0 else 0.0  # TA-Lib: a zero base gives 0
 
 
 # --------------------------------------------------------------------------- volatility
 
 
 def get_latest_bollinger_bands(klines: KlinesInput, period: int = 20, std_dev: float = 2.0) -> Triple:
-    """Latest (upper, middle, lower) Bollinger bands."""
+    """Latest (upper, middle, lower) Bollinger bands: the mean of the last ``period`` closes ±
+    ``std_dev`` × their population standard deviation."""
     period = _period(period, "period")
-    std_dev = core._number(std_dev, "std_dev")
-
-    def compute(k: Klines) -> Triple:
-        c = k.close
-        upper, middle, lower = _k.bbands(c, _begin(c), period, std_dev)
-        return _last(upper), _last(middle), _last(lower)
-
-    result: Triple = _run("bollinger", (period, std_dev), klines, compute)
+    std_dev = _std_dev(std_dev)
+    c = _close(klines)
+    if len(c) < period:
+        return _NAN, _NAN, _NAN
+    result: Triple = _k.last_bbands_entry(c, period, std_dev)
     return result
 
 
@@ -271,10 +275,13 @@ def get_latest_atr(klines: KlinesInput, period: int = 14) -> float:
     period = _period(period, "period")
 
     def compute(k: Klines) -> float:
-        h, lo, c = k.high, k.low, k.close
-        return _last(_k.atr(h, lo, c, _begin(h, lo, c), period))
+        h, lo, c = _column(k.high), _column(k.low), _column(k.close)
+        if len(c) <= period:
+            return _NAN
+        return _k.atr_entry(h, lo, c, _begin(h, lo, c), period).item(-1)
 
-    return float(_run("atr", (period,), klines, compute))
+    result: float = _run("atr", (period,), klines, compute)
+    return result
 
 
 def get_latest_keltner_channels(
@@ -286,9 +293,11 @@ def get_latest_keltner_channels(
     multiplier = core._number(multiplier, "multiplier")
 
     def compute(k: Klines) -> Triple:
-        h, lo, c = k.high, k.low, k.close
-        upper, middle, lower = _k.keltner(h, lo, c, _begin(c), _begin(h, lo, c), period, atr_period, multiplier)
-        return _last(upper), _last(middle), _last(lower)
+        h, lo, c = _column(k.high), _column(k.low), _column(k.close)
+        if len(c) < period or len(c) <= atr_period:
+            return _NAN, _NAN, _NAN
+        upper, middle, lower = _k.keltner_entry(h, lo, c, _begin(c), _begin(h, lo, c), period, atr_period, multiplier)
+        return upper.item(-1), middle.item(-1), lower.item(-1)
 
     result: Triple = _run("keltner", (period, atr_period, multiplier), klines, compute)
     return result
@@ -297,16 +306,11 @@ def get_latest_keltner_channels(
 def get_latest_donchian_channels(klines: KlinesInput, period: int = 20) -> Triple:
     """Latest (upper, middle, lower) Donchian channels over the last ``period`` candles."""
     period = _period(period, "period")
-
-    def compute(k: Klines) -> Triple:
-        if len(k) < period:
-            return _NAN, _NAN, _NAN
-        upper = float(k.high[-period:].max())
-        lower = float(k.low[-period:].min())
-        return upper, (upper + lower) / 2.0, lower
-
-    result: Triple = _run("donchian", (period,), klines, compute)
-    return result
+    k = _klines(klines)
+    if len(k) < period:
+        return _NAN, _NAN, _NAN
+    upper, lower = _k.last_max_min_entry(_column(k.high), _column(k.low), period)
+    return upper, (upper + lower) / 2.0, lower
 
 
 # --------------------------------------------------------------------------- volume
@@ -315,46 +319,41 @@ def get_latest_donchian_channels(klines: KlinesInput, period: int = 20) -> Tripl
 def get_latest_volume(klines: KlinesInput, period: int = 1) -> float:
     """Total volume of the last ``period`` candles (period 1: the newest candle's volume)."""
     period = _period(period, "period")
-
-    def compute(k: Klines) -> float:
-        if len(k) < period:
-            return _NAN
-        total = 0.0
-        for value in k.volume[-period:].tolist():  # left to right, as TA-Lib's SUM
-            total += value
-        return total
-
-    return float(_run("volume", (period,), klines, compute))
+    v = (klines if type(klines) is Klines else _klines(klines)).volume
+    if len(v) < period:
+        return _NAN
+    if period == 1:  # the default: one read, no kernel, so no column check either
+        return 0.0 + v.item(-1)  # the sum of one value, formed as the kernel forms it
+    return _k.last_sum_entry(_column(v), period)
 
 
 def get_latest_volume_change(klines: KlinesInput, period: int = 20) -> float:
     """Percent change of the newest volume against the mean of the ``period`` candles before it."""
     period = _period(period, "period")
-
-    def compute(k: Klines) -> float:
-        return _last(_k.volume_change(k.volume[-(period + 1) :], period)) if len(k) > period else _NAN
-
-    return float(_run("volume_change", (period,), klines, compute))
+    v = _volume(klines)
+    if len(v) <= period:
+        return _NAN
+    return _k.last_volume_change_entry(v, period)
 
 
 def get_latest_obv(klines: KlinesInput) -> float:
     """Latest on-balance volume (accumulated from the first candle given)."""
 
     def compute(k: Klines) -> float:
-        c, v = k.close, k.volume
-        return _last(_k.obv(c, v, _begin(c, v)))
+        c, v = _column(k.close), _column(k.volume)
+        return _last(_k.obv_entry(c, v, _begin(c, v)))
 
-    return float(_run("obv", (), klines, compute))
+    result: float = _run("obv", (), klines, compute)
+    return result
 
 
 def get_latest_volume_ma(klines: KlinesInput, period: int = 20) -> float:
     """Latest simple moving average of volume."""
     period = _period(period, "period")
-
-    def compute(k: Klines) -> float:
-        return _window_mean(k.volume, period)
-
-    return float(_run("volume_ma", (period,), klines, compute))
+    v = _volume(klines)
+    if len(v) < period:
+        return _NAN
+    return _k.last_sum_entry(v, period) / period
 
 
 # --------------------------------------------------------------------------- trend strength
@@ -365,24 +364,22 @@ def get_latest_adx(klines: KlinesInput, period: int = 14) -> float:
     period = _period(period, "period")
 
     def compute(k: Klines) -> float:
-        h, lo, c = k.high, k.low, k.close
-        return _last(_k.adx(h, lo, c, _begin(h, lo, c), period))
+        h, lo, c = _column(k.high), _column(k.low), _column(k.close)
+        if len(c) < 2 * period:
+            return _NAN
+        return _k.adx_entry(h, lo, c, _begin(h, lo, c), period).item(-1)
 
-    return float(_run("adx", (period,), klines, compute))
+    result: float = _run("adx", (period,), klines, compute)
+    return result
 
 
 def get_latest_aroon(klines: KlinesInput, period: int = 14) -> Pair:
     """Latest (aroon_up, aroon_down), each 0..100."""
     period = _period(period, "period")
-
-    def compute(k: Klines) -> Pair:
-        if len(k) <= period:
-            return _NAN, _NAN
-        h, lo = k.high[-(period + 1) :], k.low[-(period + 1) :]
-        up, down = _k.aroon(h, lo, _begin(h, lo), period)
-        return _last(up), _last(down)
-
-    result: Pair = _run("aroon", (period,), klines, compute)
+    k = _klines(klines)
+    if len(k) <= period:
+        return _NAN, _NAN
+    result: Pair = _k.last_aroon_entry(_column(k.high), _column(k.low), period)
     return result
 
 
@@ -392,36 +389,36 @@ def get_latest_aroon(klines: KlinesInput, period: int = 14) -> Pair:
 def get_price_change(klines: KlinesInput, periods: int = 1) -> float:
     """``close[-1] - close[-1 - periods]``; NaN with too few candles."""
     periods = _period(periods, "periods")
-    k = _klines(klines)
-    if len(k) <= periods:
+    c = _close(klines)
+    if len(c) <= periods:
         return _NAN
-    return float(k.close[-1] - k.close[-1 - periods])
+    return c.item(-1) - c.item(-1 - periods)
 
 
 def get_price_change_percent(klines: KlinesInput, periods: int = 1) -> float:
     """``(close[-1] / close[-1 - periods] - 1) * 100``; NaN with too few candles or a zero base."""
     periods = _period(periods, "periods")
-    k = _klines(klines)
-    if len(k) <= periods:
+    c = _close(klines)
+    if len(c) <= periods:
         return _NAN
-    base = float(k.close[-1 - periods])
+    base = c.item(-1 - periods)
     if base == 0.0:
         return _NAN
-    return (float(k.close[-1]) / base - 1.0) * 100.0
+    return (c.item(-1) / base - 1.0) * 100.0
 
 
 def get_highest_high(klines: KlinesInput, periods: int = 20) -> float:
     """Highest high of the last ``periods`` candles (including the newest)."""
     periods = _period(periods, "periods")
-    k = _klines(klines)
-    return float(k.high[-periods:].max()) if len(k) >= periods else _NAN
+    h = _column(_klines(klines).high)
+    return _k.last_max_entry(h, periods) if len(h) >= periods else _NAN
 
 
 def get_lowest_low(klines: KlinesInput, periods: int = 20) -> float:
     """Lowest low of the last ``periods`` candles (including the newest)."""
     periods = _period(periods, "periods")
-    k = _klines(klines)
-    return float(k.low[-periods:].min()) if len(k) >= periods else _NAN
+    lo = _column(_klines(klines).low)
+    return _k.last_min_entry(lo, periods) if len(lo) >= periods else _NAN
 
 
 # --------------------------------------------------------------------------- columns

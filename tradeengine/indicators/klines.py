@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
+# A window over read-only columns (open_time, open, high, low, close, volume) and its [lo, hi).
+Window = tuple[tuple[NDArray[Any], ...], int, int]
+_COLUMN_INDEX = {"open_time": 0, "open": 1, "high": 2, "low": 3, "close": 4, "volume": 5}
 
 
 def _readonly(array: NDArray[Any]) -> NDArray[Any]:
@@ -25,6 +28,11 @@ class Klines:
 
     The arrays are read-only views: the kline store hands out zero-copy windows of its ring
     buffer, and strategy code must never be able to change what another strategy sees.
+
+    ``window`` builds one whose columns are sliced on first access: the store makes a view per
+    candle close and a strategy reads two or three of the six columns, and a numpy slice costs
+    about as much as the rest of building the view. Reading a column is a plain slot read
+    either way once it exists.
     """
 
     open_time: IntArray
@@ -33,6 +41,28 @@ class Klines:
     low: FloatArray
     close: FloatArray
     volume: FloatArray
+    _window: Window | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def window(cls, columns: tuple[NDArray[Any], ...], lo: int, hi: int) -> Klines:
+        """Rows ``[lo, hi)`` of six read-only, equally long 1-D columns (open_time ... volume),
+        trusted as such (the kline store's own buffers): nothing is checked or copied."""
+        view = object.__new__(cls)
+        object.__setattr__(view, "_window", (columns, lo, hi))
+        return view
+
+    if not TYPE_CHECKING:  # hidden from mypy, which would otherwise accept any attribute name
+
+        def __getattr__(self, name: str) -> Any:
+            # Only reached for a column slot not set yet, i.e. a window's column on first use.
+            index = _COLUMN_INDEX.get(name)
+            window = self._window
+            if index is None or window is None:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            columns, lo, hi = window
+            column = columns[index][lo:hi]
+            object.__setattr__(self, name, column)
+            return column
 
     def __post_init__(self) -> None:
         n = len(self.open_time)
@@ -90,6 +120,9 @@ class Klines:
         return cls.from_arrays([], [], [], [], [], [])
 
     def __len__(self) -> int:
+        window = self._window
+        if window is not None:
+            return window[2] - window[1]
         return len(self.open_time)
 
     def tail(self, count: int) -> Klines:

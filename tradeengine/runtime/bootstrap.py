@@ -27,6 +27,7 @@ from tradeengine.domain.enums import TradeType
 from tradeengine.exchange.broker import Broker
 from tradeengine.exchange.feed import MarketFeed
 from tradeengine.exchange.kline_store import KlineStore
+from tradeengine.exchange.replay import ReplayFeed
 from tradeengine.runtime.analysis_queue import QueueConfig
 from tradeengine.runtime.heartbeat import Heartbeat
 from tradeengine.runtime.journal import DurableWriter, Journal
@@ -125,7 +126,10 @@ class Tenant:
 
     def _start_feed(self) -> None:
         if self.feed is not None:
-            self.feed.subscribe(self.runtime.on_event)
+            if isinstance(self.feed, ReplayFeed):
+                self.feed.subscribe_rows(self.runtime.on_rows)  # same stream, no event objects
+            else:
+                self.feed.subscribe(self.runtime.on_event)
             self.feed_task = asyncio.create_task(self.feed.run(), name="market-feed")
 
     async def _stop_feed(self) -> None:
@@ -268,8 +272,6 @@ def _build_feed(settings: Settings, clock: Clock, store: KlineStore, wanted: set
     symbols = sorted({s for s, _ in wanted})
     timeframes = sorted({tf for _, tf in wanted})
     if settings.feed is FeedKind.REPLAY:
-        from tradeengine.exchange.replay import ReplayFeed
-
         return ReplayFeed.from_directory(
             settings.replay_data_dir,
             symbols,

@@ -149,8 +149,20 @@ class StepContext:
     outcome: dict[str, Any] = field(default_factory=dict)
 
 
+_PLAIN = frozenset({str, int, float, bool, type(None)})  # JSON-safe as they are
+
+
 def jsonable(value: Any) -> Any:
     """Metadata for a JSON column: Decimals as strings (exact), everything else as is."""
+    # Exact built-in types first (what market data is made of), leaves without a call: same
+    # results as the general checks below, without an isinstance against the Mapping ABC each.
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
+        return {str(k): v if type(v) in _PLAIN else jsonable(v) for k, v in value.items()}
+    if kind is list:
+        return [v if type(v) in _PLAIN else jsonable(v) for v in value]
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, Mapping):

@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from loguru import logger
 
 from tradeengine.ai.analyst import AnalysisRequest, AnalysisResult, Analyst, PositionSnapshot
-from tradeengine.ai.market_data import build_market_data
+from tradeengine.ai.market_data import KlineRowCache, build_market_data
 from tradeengine.clock import Clock, SimClock
 from tradeengine.domain.decisions import HUNDRED, PositionBook, SizingPolicy
 from tradeengine.domain.enums import (
@@ -36,7 +36,15 @@ from tradeengine.domain.enums import (
 )
 from tradeengine.domain.timeframes import TimerInterval
 from tradeengine.exchange.broker import Broker, OrderRequest
-from tradeengine.exchange.events import CandleClosed, CandleUpdated, MarketEvent, TickerUpdated
+from tradeengine.exchange.events import (
+    ROW_CLOSE,
+    ROW_TICKER,
+    CandleClosed,
+    CandleUpdated,
+    EventRow,
+    MarketEvent,
+    TickerUpdated,
+)
 from tradeengine.exchange.kline_store import KlineStore
 from tradeengine.exchange.symbols import to_unified
 from tradeengine.indicators.klines import Klines
@@ -60,6 +68,14 @@ from tradeengine.store.models import AnalysisHistory, Order, Trader
 from tradeengine.store.uow import UnitOfWork
 
 StrategyCompiler = Callable[[str], Strategy]
+
+
+class TickerStats(NamedTuple):
+    """What the runtime keeps of a symbol's latest ticker (what strategies and the analyst see)."""
+
+    last: float
+    volume_24h: float
+    change_24h: float  # percent
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +121,7 @@ class TenantRuntime:
         self.state = TenantState()
         self.counters = RuntimeCounters()
         self.prices = PriceBook()
-        self.tickers: dict[str, TickerUpdated] = {}
+        self.tickers: dict[str, TickerStats] = {}
         self.scheduler = Scheduler(clock)
         self.queue = AnalysisQueue(analyst, clock, self.config.queue)
         self.executor = Executor(
@@ -120,6 +136,8 @@ class TenantRuntime:
             quote_asset=self.config.quote_asset,
             persist_paper_balance=self.config.trade_type is TradeType.PAPER,
         )
+        # Analyses of a series reuse the candle rows formatted for its previous analysis.
+        self._kline_rows = KlineRowCache()
         self.signal_latency_ms = Histogram(buckets=(0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
         self._check_subs: dict[tuple[str, str], list[TraderRuntime]] = {}
         self._reanalysis_subs: dict[tuple[str, str], list[TraderRuntime]] = {}
@@ -403,57 +421,91 @@ class TenantRuntime:
     async def on_event(self, event: MarketEvent) -> None:
         """Feed handler: prices, monitor, then candle-close checks and re-analysis."""
         if type(event) is CandleUpdated:
-            symbol = event.symbol
-            self.prices.set_float(symbol, event.close, event.open_time)
-            self._last_kline_ms = event.open_time
-            if symbol in self.state.positions_by_symbol:
-                await self._monitor_symbol(symbol)
-            if self._pending_orders and symbol in self._pending_orders:
-                await self._resume_orders(symbol)
-            if self._pending_flips and symbol in self._pending_flips:
-                await self._resume_flips(symbol)
+            await self._on_candle(event.symbol, event.open_time, event.close)
         elif type(event) is CandleClosed:
-            if not self._accepting:
-                return
-            minute = self.clock.now_ms() // 60_000
-            if minute != self._sample_minute:
-                self._sample_counts(minute)
-            key = (event.symbol, event.timeframe)
-            traders = self._check_subs.get(key)
-            if traders:
-                await self._on_close(event, traders)
-            reanalysers = self._reanalysis_subs.get(key)
-            if reanalysers:
-                for trader in reanalysers:
-                    await self._reanalyze(trader, event.symbol)
-            if self._settle_needed:
-                self._settle_needed = False
-                await self.queue.join()
+            await self._on_candle_closed(event.symbol, event.timeframe)
         elif type(event) is TickerUpdated:
-            self.tickers[event.symbol] = event
-            self.prices.set_exact(event.symbol, event.last, event.timestamp)
-            if event.symbol in self.state.positions_by_symbol:
-                await self._monitor_symbol(event.symbol)
-            if self._pending_flips and event.symbol in self._pending_flips:
-                await self._resume_flips(event.symbol)
+            symbol = event.symbol
+            self.tickers[symbol] = TickerStats(
+                float(event.last), float(event.volume_24h), float(event.change_24h_percent)
+            )
+            self.prices.set_exact(symbol, event.last, event.timestamp)
+            await self._on_ticker(symbol)
 
-    async def _on_close(self, event: CandleClosed, traders: list[TraderRuntime]) -> None:
-        started = time.perf_counter()
-        symbol = event.symbol
-        shared: dict[Any, Any] = {}  # one set of frozen views per event, shared by its traders
-        matches: list[tuple[TraderRuntime, str]] = []
-        for trader in traders:
-            if trader.failed:
+    async def on_rows(self, at_ms: int, rows: list[EventRow]) -> None:
+        """Replay handler: one instant's rows, handled exactly as the events they stand for
+        (``on_event``), in the same order, without building those events (see ``EventRow``).
+        The checks that decide whether anything but bookkeeping is due are inlined: a backtest
+        runs this for every candle, and most candles need nothing else."""
+        prices, tickers, positions = self.prices, self.tickers, self.state.positions_by_symbol
+        for symbol, timeframe, kind, open_time, v0, v1, _, v3, _ in rows:
+            if kind == ROW_TICKER:
+                # What the TickerUpdated would carry: last, volume, change rounded to 4 places.
+                # The exact price is the float's shortest spelling, as the event's Decimal was.
+                tickers[symbol] = TickerStats(v3, v1, round(v0, 4))
+                prices.set_float(symbol, v3, at_ms)
+                if symbol in positions or self._pending_flips:
+                    await self._on_ticker(symbol)
                 continue
-            if trader.running:
-                self.counters.skipped_busy += 1
-                continue
-            if self.state.has_active_signal(trader.id, symbol):
-                continue  # dedup: no second signal while one is new/watching/position_open
-            if self._evaluate(trader, symbol, shared):
-                matches.append((trader, symbol))
-        if matches:
-            await self._create_signals(matches, event.timeframe, started)
+            if symbol in positions or self._pending_orders or self._pending_flips:
+                await self._on_candle(symbol, open_time, v3)
+            else:
+                prices.set_float(symbol, v3, open_time)
+                self._last_kline_ms = open_time
+            if kind == ROW_CLOSE and self._accepting:
+                key = (symbol, timeframe)
+                if key in self._check_subs or key in self._reanalysis_subs or self._settle_needed:
+                    await self._on_candle_closed(symbol, timeframe)
+                elif (minute := self.clock.now_ms() // 60_000) != self._sample_minute:
+                    self._sample_counts(minute)
+
+    async def _on_candle(self, symbol: str, open_time: int, close: float) -> None:
+        self.prices.set_float(symbol, close, open_time)
+        self._last_kline_ms = open_time
+        if symbol in self.state.positions_by_symbol:
+            await self._monitor_symbol(symbol)
+        if self._pending_orders and symbol in self._pending_orders:
+            await self._resume_orders(symbol)
+        if self._pending_flips and symbol in self._pending_flips:
+            await self._resume_flips(symbol)
+
+    async def _on_ticker(self, symbol: str) -> None:
+        if symbol in self.state.positions_by_symbol:
+            await self._monitor_symbol(symbol)
+        if self._pending_flips and symbol in self._pending_flips:
+            await self._resume_flips(symbol)
+
+    async def _on_candle_closed(self, symbol: str, timeframe: str) -> None:
+        if not self._accepting:
+            return
+        minute = self.clock.now_ms() // 60_000
+        if minute != self._sample_minute:
+            self._sample_counts(minute)
+        key = (symbol, timeframe)
+        traders = self._check_subs.get(key)
+        if traders:
+            started = time.perf_counter()
+            shared: dict[Any, Any] = {}  # one set of frozen views per close, shared by its traders
+            matches: list[tuple[TraderRuntime, str]] = []
+            for trader in traders:
+                if trader.failed:
+                    continue
+                if trader.running:
+                    self.counters.skipped_busy += 1
+                    continue
+                if self.state.has_active_signal(trader.id, symbol):
+                    continue  # dedup: no second signal while one is new/watching/position_open
+                if self._evaluate(trader, symbol, shared):
+                    matches.append((trader, symbol))
+            if matches:
+                await self._create_signals(matches, timeframe, started)
+        reanalysers = self._reanalysis_subs.get(key)
+        if reanalysers:
+            for trader in reanalysers:
+                await self._reanalyze(trader, symbol)
+        if self._settle_needed:
+            self._settle_needed = False
+            await self.queue.join()
 
     async def _run_check(self, trader: TraderRuntime) -> None:
         """A fixed-interval timer firing: evaluate every symbol of the trader."""
@@ -495,7 +547,9 @@ class TenantRuntime:
         if klines is None:
             store = self.store
             limit = self.config.kline_limit
-            raw = {tf: store.klines(symbol, tf, limit) for tf in trader.timeframes}
+            raw: dict[str, Klines] = {}
+            for tf in trader.timeframes:  # a loop, not a comprehension: no extra frame per check
+                raw[tf] = store.klines(symbol, tf, limit)
             if not len(raw[trader.timeframes[0]]):
                 return False
             klines = cache[trader.timeframes] = freeze_store_klines(raw)
@@ -526,11 +580,7 @@ class TenantRuntime:
         last = self.prices.last.get(symbol)
         if ticker is None:
             return freeze_basic_ticker(last, None, None)
-        return freeze_basic_ticker(
-            last if last is not None else float(ticker.last),
-            float(ticker.volume_24h),
-            float(ticker.change_24h_percent),
-        )
+        return freeze_basic_ticker(last if last is not None else ticker.last, ticker.volume_24h, ticker.change_24h)
 
     def _ticker(self, symbol: str) -> dict[str, Any]:
         ticker = self.tickers.get(symbol)
@@ -539,9 +589,9 @@ class TenantRuntime:
             return {"symbol": symbol, "lastPrice": last, "volume24h": None, "priceChange24h": None}
         return {
             "symbol": symbol,
-            "lastPrice": last if last is not None else float(ticker.last),
-            "volume24h": float(ticker.volume_24h),
-            "priceChange24h": float(ticker.change_24h_percent),
+            "lastPrice": last if last is not None else ticker.last,
+            "volume24h": ticker.volume_24h,
+            "priceChange24h": ticker.change_24h,
         }
 
     async def _create_signal(
@@ -638,6 +688,7 @@ class TenantRuntime:
             klines,
             limit=self.config.analysis_klines,
             primary_timeframe=primary,
+            rows_cache=self._kline_rows,
         )
         position = self.state.position_for_signal(signal.id)
         snapshot = None
@@ -668,6 +719,7 @@ class TenantRuntime:
             is_reanalysis=reanalysis,
             trader_settings=trader.settings,
             candle_key=int(primary_klines.open_time[-1]) if len(primary_klines) else None,
+            candles={tf: self._kline_rows.candles(signal.symbol, tf) for tf in klines},
         )
 
     async def _on_analysis(self, request: AnalysisRequest, result: AnalysisResult) -> None:

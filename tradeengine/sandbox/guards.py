@@ -7,10 +7,12 @@ call them.
 
 from __future__ import annotations
 
+import keyword
 import operator
 from collections.abc import Callable, Iterable, Mapping
+from functools import lru_cache
 from types import FunctionType, MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
@@ -19,6 +21,7 @@ from tradeengine.indicators.klines import Klines
 from tradeengine.sandbox.limits import BIG_ITEMS, Budget, SandboxLimits
 from tradeengine.sandbox.values import (
     COLUMN_METHODS,
+    COLUMN_VIEWS,
     KLINES_ATTRIBUTES,
     KLINES_COLUMNS,
     MATH,
@@ -140,6 +143,13 @@ class Output:
         joined = "".join(self.parts)
         return joined + "\n[output truncated]\n" if self.truncated else joined
 
+    def take(self) -> str:
+        """``text()``, leaving the buffer empty whatever happens."""
+        try:
+            return self.text()
+        finally:
+            self.reset()
+
 
 class _Printer:
     """What RestrictedPython's ``print``/``printed`` rewrite talks to."""
@@ -185,7 +195,6 @@ def build_namespace(
     b = budget
     max_items = limits.max_items
     max_bits = limits.max_int_bits
-    max_depth = limits.max_depth
 
     # -- budget checks -------------------------------------------------------------------------
     def _tick_() -> bool:
@@ -193,17 +202,6 @@ def build_namespace(
         if b.ticks < 0:
             b.slow_check()
         return True
-
-    def _enter_() -> None:
-        b.ticks -= 1
-        if b.ticks < 0:
-            b.slow_check()
-        b.depth += 1
-        if b.depth > max_depth:
-            raise b.trip("recursion", f"recursion deeper than {max_depth} calls")
-
-    def _leave_() -> None:
-        b.depth -= 1
 
     # -- sizes -----------------------------------------------------------------------------------
     def too_big(what: str, n: int) -> BaseException:
@@ -340,7 +338,9 @@ def build_namespace(
         t = type(obj)
         if t is Klines:
             if name in KLINES_COLUMNS:
-                return column(getattr(obj, name))
+                array = getattr(obj, name)
+                hit = COLUMN_VIEWS.get(id(array))  # column()'s cache hit, without the call
+                return hit[1] if hit is not None else column(array)
             if name in KLINES_ATTRIBUTES:
                 return getattr(obj, name)
         elif t is memoryview:
@@ -414,6 +414,17 @@ def build_namespace(
 
     def _unpack_sequence_(value: Any, spec: Any, getiter: Any) -> Any:
         return guarded_unpack_sequence(value, spec, _getiter_)  # type: ignore[no-untyped-call]
+
+    # ``a, b = value`` (no nested targets; policy.GuardInjector routes it here): RestrictedPython's
+    # spec is then {"childs": (), "min_len": n}, and with no children min_len changes nothing.
+    flat_spec = {"childs": (), "min_len": 0}
+
+    def _unpack_flat_(value: Any) -> Any:
+        t = type(value)
+        if t is tuple or t is list:
+            # What the guarded path returns, less its copy: _getiter_ passes these through.
+            return value
+        return guarded_unpack_sequence(value, flat_spec, _getiter_)  # type: ignore[no-untyped-call]
 
     def _iter_unpack_sequence_(value: Any, spec: Any, getiter: Any) -> Any:
         return guarded_iter_unpack_sequence(value, spec, _getiter_)  # type: ignore[no-untyped-call]
@@ -544,8 +555,6 @@ def build_namespace(
         "_type_": type,
         "_float_": float,
         "_tick_": _tick_,
-        "_enter_": _enter_,
-        "_leave_": _leave_,
         "_add_": _add_,
         "_mul_": _mul_,
         "_pow_": _pow_,
@@ -560,6 +569,7 @@ def build_namespace(
         "_write_slice_": _write_slice_,
         "_getiter_": _getiter_,
         "_unpack_sequence_": _unpack_sequence_,
+        "_unpack_flat_": _unpack_flat_,
         "_iter_unpack_sequence_": _iter_unpack_sequence_,
         "_apply_": _apply_,
         "_print_": _print_,
@@ -596,22 +606,17 @@ def to_strategy_value(value: Any) -> Any:
 
 def wrap_helper(name: str, helper: Callable[..., Any], budget: Budget) -> Callable[..., Any]:
     """Let strategy code call ``helper`` with series or klines; results come back as safe values."""
+    factory = _wrapper_factory(name, helper) if type(helper) is FunctionType else None
+    if factory is not None:
+        call = factory(budget)
+        call.__qualname__ = name  # argument errors read "name() missing ...", as the strategy wrote it
+        return call
 
-    def _arg(value: Any) -> Any:
-        if type(value) in _HELPER_ARGS:
-            return value
-        raise TypeError(f"{name}() does not accept {describe(value)} arguments; pass klines such as klines['1h']")
-
-    def call(*args: Any, **kwargs: Any) -> Any:
+    def generic(*args: Any, **kwargs: Any) -> Any:
         budget.ticks -= 1
         if budget.ticks < 0:
             budget.slow_check()
-        for value in args:
-            if type(value) not in _HELPER_ARGS:
-                args = tuple(_arg(v) for v in args)
-                break
-        if kwargs:
-            kwargs = {k: _arg(v) for k, v in kwargs.items()}
+        _check_helper_arguments(name, *args, *kwargs.values())
         result = helper(*args, **kwargs)
         t = type(result)
         if t is float:
@@ -624,9 +629,95 @@ def wrap_helper(name: str, helper: Callable[..., Any], budget: Budget) -> Callab
                 return result  # a tuple of floats is already safe to hand over
         return to_strategy_value(result)
 
-    call.__name__ = name
-    call.__qualname__ = name
-    return call
+    generic.__name__ = name
+    generic.__qualname__ = name
+    return generic
+
+
+def _check_helper_arguments(name: str, *args: Any) -> None:
+    for value in args:
+        if type(value) not in _HELPER_ARGS:
+            raise TypeError(f"{name}() does not accept {describe(value)} arguments; pass klines such as klines['1h']")
+
+
+_CO_VARARGS = 0x04
+_CO_VARKEYWORDS = 0x08
+
+
+def _plain_signature(helper: FunctionType) -> tuple[tuple[str, ...], tuple[Any, ...]] | None:
+    """Parameter names and defaults of a function taking only positional-or-keyword parameters
+    with public names (``_``-prefixed ones could shadow the generated wrapper's own), or None.
+
+    Read from the code object, not ``inspect.signature``, which follows ``__wrapped__`` and
+    ``__signature__`` and could describe a binding the function does not have.
+    """
+    code = helper.__code__
+    if code.co_posonlyargcount or code.co_kwonlyargcount or code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS):
+        return None
+    names = code.co_varnames[: code.co_argcount]
+    if not all(_is_public_identifier(n) for n in names):
+        return None
+    return names, helper.__defaults__ or ()
+
+
+def _is_public_identifier(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_")
+
+
+@lru_cache(maxsize=1024)
+def _wrapper_factory(name: str, helper: FunctionType) -> Callable[[Budget], FunctionType] | None:
+    """A factory (budget -> wrapper) of wrappers with ``helper``'s own parameters and defaults,
+    built once per name and helper; None if the helper's signature is not a plain one.
+
+    The interpreter binds the arguments, so a call packs no ``*args``/``**kwargs`` and each
+    argument costs one inline type test. The checks and their order are those of ``generic`` in
+    ``wrap_helper``. The source is generated from the helper's code object (host code); every
+    name it uses besides the helper's parameters starts with ``_``, which those never do.
+    """
+    signature = _plain_signature(helper)
+    if signature is None or not _is_public_identifier(name):
+        return None
+    parameters, defaults = signature
+    first_default = len(parameters) - len(defaults)
+    declared = ", ".join(
+        p if i < first_default else f"{p}=_defaults[{i - first_default}]" for i, p in enumerate(parameters)
+    )
+    params = ", ".join(parameters)
+    checks = " or ".join(f"_type({p}) not in _allowed" for p in parameters) or "False"
+    source = f"""
+def _factory(_budget):
+    def {name}({declared}):
+        _budget.ticks -= 1
+        if _budget.ticks < 0:
+            _budget.slow_check()
+        if {checks}:
+            _check_arguments({name!r}, {params})
+        _result = _helper({params})
+        _kind = _type(_result)
+        if _kind is _float:
+            return _result
+        if _kind is _tuple:
+            for _value in _result:
+                if _type(_value) is not _float:
+                    break
+            else:
+                return _result
+        return _to_strategy_value(_result)
+    return {name}
+"""
+    namespace: dict[str, Any] = {
+        "__builtins__": {},
+        "_helper": helper,
+        "_defaults": defaults,
+        "_allowed": _HELPER_ARGS,
+        "_check_arguments": _check_helper_arguments,
+        "_to_strategy_value": to_strategy_value,
+        "_type": type,
+        "_float": float,
+        "_tuple": tuple,
+    }
+    exec(compile(source, f"<helper wrapper {name}>", "exec"), namespace)  # noqa: S102 - host-generated source
+    return cast("Callable[[Budget], FunctionType]", namespace["_factory"])
 
 
 def is_immutable(value: Any) -> bool:

@@ -138,11 +138,13 @@ class Budget:
         "rss_base",
         "started",
         "ticks",
+        "time_limit_s",
         "tripped",
     )
 
     def __init__(self, limits: SandboxLimits) -> None:
         self.limits = limits
+        self.time_limit_s = limits.time_limit_ms / 1000.0
         self.ticks = TICKS_PER_CLOCK_READ
         self.deadline = 0.0
         self.started = 0.0
@@ -163,7 +165,7 @@ class Budget:
         self.cpu_started = -1.0  # read at the first slow check: a syscall costs ~1 us per call
         self.gc_wall_started = gc_clock.wall
         self.gc_cpu_started = gc_clock.cpu
-        self.deadline = now + self.limits.time_limit_ms / 1000.0
+        self.deadline = now + self.time_limit_s
         self.ticks = TICKS_PER_CLOCK_READ
         self.depth = 0
         self.tripped = False
@@ -228,7 +230,7 @@ class Budget:
         and calls, no large allocation) has no CPU reading and is treated the same way: all it
         can have done is a bounded amount of straight-line work.
         """
-        budget = self.limits.time_limit_ms / 1000.0
+        budget = self.time_limit_s
         # At most half a budget of GC is forgiven: a strategy that allocates containers
         # non-stop causes its own collections, and must still stop within twice its budget.
         wall = now - self.started - min(gc_clock.wall - self.gc_wall_started, budget * _MAX_GC_CREDIT)

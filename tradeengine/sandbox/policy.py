@@ -9,7 +9,7 @@ Three passes over the AST:
 2. ``check_free_names``: every global name a strategy reads must be a builtin we provide, a
    helper, or defined by the strategy, so ``os`` or ``open`` is a compile error with a line.
 3. ``GuardInjector``: adds the budget checks (a tick at each loop iteration, function entry,
-   lambda call and comprehension element; depth tracking around each ``def``) and routes the
+   lambda call and comprehension element; depth tracking around each ``def``, inline) and routes the
    operators that can allocate without bound (``+ * ** << %``, star-unpacking, f-string values,
    slice assignment) through size-checking guards.
 """
@@ -201,14 +201,58 @@ def _float_fast_path(left: ast.expr, plain: ast.expr, guarded: ast.expr) -> ast.
     return ast.IfExp(test=test, body=plain, orelse=guarded)
 
 
+def _depth_stmts(max_depth: int) -> tuple[list[ast.stmt], list[ast.stmt]]:
+    """A function entry's checks and its exit, inline (no guard call on every strategy call):
+
+    ``<tick>; _b_.depth += 1; if _b_.depth > max_depth: raise _b_.trip("recursion", ...)`` and
+    ``_b_.depth -= 1``.
+    """
+    depth_store = ast.Attribute(value=_name("_b_"), attr="depth", ctx=ast.Store())
+    depth_load = ast.Attribute(value=_name("_b_"), attr="depth", ctx=ast.Load())
+    trip = ast.Call(
+        func=ast.Attribute(value=_name("_b_"), attr="trip", ctx=ast.Load()),
+        args=[ast.Constant(value="recursion"), ast.Constant(value=f"recursion deeper than {max_depth} calls")],
+        keywords=[],
+    )
+    enter = [
+        *_tick_stmts(),
+        ast.AugAssign(target=depth_store, op=ast.Add(), value=ast.Constant(value=1)),
+        ast.If(
+            test=ast.Compare(left=depth_load, ops=[ast.Gt()], comparators=[ast.Constant(value=max_depth)]),
+            body=[ast.Raise(exc=trip, cause=None)],
+            orelse=[],
+        ),
+    ]
+    leave: list[ast.stmt] = [ast.AugAssign(target=depth_store, op=ast.Sub(), value=ast.Constant(value=1))]
+    return enter, leave
+
+
+def _is_flat_unpack(node: ast.Call) -> bool:
+    """``_unpack_sequence_(value, {"childs": (), "min_len": n}, _getiter_)``: RestrictedPython's
+    guard for an assignment to names without nested targets (``a, b = value``, ``a, *b = value``).
+    It is routed to ``_unpack_flat_``, which spares building the spec on every assignment."""
+    if not (isinstance(node.func, ast.Name) and node.func.id == "_unpack_sequence_" and len(node.args) == 3):
+        return False
+    spec = node.args[1]
+    if not isinstance(spec, ast.Dict) or len(spec.keys) != 2:
+        return False
+    for key, value in zip(spec.keys, spec.values, strict=True):
+        if isinstance(key, ast.Constant) and key.value == "childs":
+            return isinstance(value, ast.Tuple) and not value.elts
+    return False
+
+
 class GuardInjector(ast.NodeTransformer):
     """Add budget checks and size guards to RestrictedPython's output."""
 
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
         self.generic_visit(node)
+        enter, leave = _depth_stmts(self.max_depth)
         # try/finally costs nothing on the normal path in 3.11 and keeps the depth exact.
-        guarded = ast.Try(body=node.body, handlers=[], orelse=[], finalbody=[ast.Expr(value=_call("_leave_"))])
-        node.body = [ast.Expr(value=_call("_enter_")), guarded]
+        node.body = [*enter, ast.Try(body=node.body, handlers=[], orelse=[], finalbody=leave)]
         return node
 
     def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
@@ -295,6 +339,8 @@ class GuardInjector(ast.NodeTransformer):
 
     def visit_Call(self, node: ast.Call) -> ast.AST:
         self.generic_visit(node)
+        if _is_flat_unpack(node):
+            return _call("_unpack_flat_", node.args[0])
         for arg in node.args:
             if isinstance(arg, ast.Starred):
                 arg.value = _call("_star_", arg.value)
@@ -326,8 +372,11 @@ class GuardInjector(ast.NodeTransformer):
                 self._guard_slice_store(element)
 
 
-def instrument(tree: ast.Module) -> ast.Module:
-    """Add budget checks and guards; locations are kept so errors point at the user's lines."""
-    result = GuardInjector().visit(tree)
+def instrument(tree: ast.Module, max_depth: int) -> ast.Module:
+    """Add budget checks and guards; locations are kept so errors point at the user's lines.
+
+    ``max_depth`` is the limit on nested calls of strategy-defined functions.
+    """
+    result = GuardInjector(max_depth).visit(tree)
     assert isinstance(result, ast.Module)
     return ast.fix_missing_locations(result)

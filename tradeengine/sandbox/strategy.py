@@ -66,8 +66,8 @@ def _with_line(message: str, line: int | None) -> str:
 class CompiledStrategy:
     """A strategy loaded once and run many times; each call gets a fresh budget.
 
-    Calls on one instance are serialized by a lock (the budget is per instance); separate
-    instances share nothing and may run in different threads.
+    Calls on one instance are serialized (the budget is per instance); separate instances share
+    nothing and may run in different threads.
     """
 
     def __init__(
@@ -85,7 +85,13 @@ class CompiledStrategy:
         self._function = function
         self._budget = budget
         self._output = output
-        self._lock = threading.Lock()
+        # The right to run, as one item: list.pop and list.append are atomic, so whoever pops it
+        # runs alone. Uncontended that costs a tenth of a threading.Lock in a with-statement,
+        # which would otherwise be a good part of a cheap check's overhead. Callers that find it
+        # taken wait on the condition (see _wait_turn).
+        self._turn = [True]
+        self._turn_free = threading.Condition(threading.Lock())
+        self._waiting = 0
         self.last_output = ""
 
     @property
@@ -100,16 +106,19 @@ class CompiledStrategy:
         """
         if type(symbol) is not str:
             raise ValueError(f"symbol must be a string, got {type(symbol).__name__}")
-        # Inputs frozen by the host once per tick are recognized by identity (see freeze_ticker).
-        if FROZEN.get(id(ticker)) is not ticker:
+        # Inputs frozen by the host once per tick are recognized by identity (see values.FROZEN).
+        if id(ticker) not in FROZEN:
             ticker = freeze_ticker(ticker)
-        if FROZEN.get(id(klines)) is not klines:
+        if id(klines) not in FROZEN:
             klines = freeze_klines(klines)
-        with self._lock:
+        turn = self._turn
+        try:
+            turn.pop()
+        except IndexError:
+            self._wait_turn()
+        try:
             budget = self._budget
-            output = self._output
-            if output.size or output.truncated:
-                output.reset()
+            output = self._output  # empty: every call and the module body leave it so
             budget.start()
             try:
                 result = self._function(symbol, ticker, klines)
@@ -123,11 +132,37 @@ class CompiledStrategy:
             except (Exception, RecursionError, MemoryError) as exc:
                 raise self._runtime_error(exc, exc.__traceback__) from None
             finally:
-                self.last_output = output.text() if output.size or output.truncated else ""
+                self.last_output = output.take() if output.size or output.truncated else ""
                 budget.depth = 0
-            if type(result) is bool:
-                return bool(result)
-            return self._truth(result)
+        finally:
+            turn.append(True)
+            if self._waiting:
+                with self._turn_free:
+                    self._turn_free.notify()
+        if type(result) is bool:
+            return result
+        return self._truth(result)
+
+    def _wait_turn(self) -> None:
+        """Block until the call running on another thread hands the turn back.
+
+        The count is raised under the condition's lock before each attempt, and the running call
+        appends the turn before it reads the count: either it sees this waiter and notifies
+        (which cannot happen before the wait, as it needs the same lock), or the attempt after
+        the raise finds the turn.
+        """
+        turn_free = self._turn_free
+        with turn_free:
+            self._waiting += 1
+            try:
+                while True:
+                    try:
+                        self._turn.pop()
+                        return
+                    except IndexError:
+                        turn_free.wait()
+            finally:
+                self._waiting -= 1
 
     async def check_signal_async(self, symbol: str, ticker: Any, klines: Mapping[str, Klines]) -> bool:
         """check_signal in a worker thread, so a slow strategy never stalls the event loop."""
@@ -211,7 +246,7 @@ def compile_strategy(
     if errors:
         raise StrategyCompileError("; ".join(errors[:5]), _first_line(errors))
     try:
-        code = compile(instrument(tree), FILENAME, "exec")
+        code = compile(instrument(tree, limits.max_depth), FILENAME, "exec")
     except (SyntaxError, ValueError, RecursionError) as exc:
         raise StrategyCompileError(f"cannot compile strategy: {exc}") from None
 
@@ -228,6 +263,7 @@ def compile_strategy(
         line = _line_of(exc.__traceback__)
         message = budget.message if budget.tripped else _exception_text(exc)
         raise StrategyCompileError(_with_line(f"error while loading the strategy: {message}", line), line) from None
+    output.reset()  # what the module body printed is not the first call's output
 
     _check_module_state(tree, namespace, initial)
     entry = next((name for name in ENTRY_POINTS if name in namespace and name not in initial), None)

@@ -23,25 +23,26 @@ from numpy.typing import NDArray
 
 from tradeengine.indicators.klines import Klines
 
-# array id -> (array, its view). The same kline columns are handed out many times per tick;
-# holding the array keeps its id from being reused while the entry exists.
-_COLUMNS: dict[int, tuple[NDArray[Any], memoryview]] = {}
+# array id -> (array, its view). The same kline columns are handed out many times per tick.
+# Holding the array keeps its id from being reused while the entry exists, so an entry for
+# ``id(a)`` is always ``a``'s own (the attribute guard reads it directly on its hot path).
+COLUMN_VIEWS: dict[int, tuple[NDArray[Any], memoryview]] = {}
 _COLUMNS_LIMIT = 4096
 
 
 def column(array: NDArray[Any]) -> memoryview:
     """A read-only memoryview of a 1-D numeric array (no copy)."""
-    hit = _COLUMNS.get(id(array))
-    if hit is not None and hit[0] is array:
+    hit = COLUMN_VIEWS.get(id(array))
+    if hit is not None:
         return hit[1]
-    source = array
-    if array.flags.writeable:
-        array = array.view()
-        array.flags.writeable = False
-    view = array.data  # the array's own memoryview: read-only because the array is
-    if len(_COLUMNS) >= _COLUMNS_LIMIT:
-        _COLUMNS.clear()
-    _COLUMNS[id(source)] = (source, view)
+    view = array.data  # the array's own memoryview, read-only exactly when the array is
+    if not view.readonly:
+        readonly = array.view()
+        readonly.flags.writeable = False
+        view = readonly.data
+    if len(COLUMN_VIEWS) >= _COLUMNS_LIMIT:
+        COLUMN_VIEWS.clear()
+    COLUMN_VIEWS[id(array)] = (array, view)
     return view
 
 
@@ -175,9 +176,9 @@ _TICKER_FIELDS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 _MISSING = object()
 
 
-def _ticker_value(source: Any, names: tuple[str, ...]) -> Any:
+def _ticker_value(source: Any, names: tuple[str, ...], is_mapping: bool) -> Any:
     for name in names:
-        if isinstance(source, Mapping):
+        if is_mapping:
             if name in source:
                 return source[name]
         else:
@@ -189,7 +190,8 @@ def _ticker_value(source: Any, names: tuple[str, ...]) -> Any:
 
 # Frozen inputs, by id, so check_signal can accept them as they are: the runtime freezes a
 # symbol's ticker and klines once per tick and every strategy reuses them. Holding the object
-# keeps its id from being reused while it is registered.
+# keeps its id from being reused while it is registered, so ``id(x) in FROZEN`` means ``x`` is
+# the registered object itself.
 FROZEN: dict[int, Mapping[str, Any]] = {}
 FROZEN_LIMIT = 8192
 
@@ -208,11 +210,12 @@ def freeze_ticker(ticker: Any) -> Mapping[str, float | None]:
     ``TickerUpdated``; the absolute 24 h change is derived from the percentage when only that is given.
     Freezing an already frozen ticker returns it unchanged.
     """
-    if FROZEN.get(id(ticker)) is ticker:
+    if id(ticker) in FROZEN:
         return cast("Mapping[str, float | None]", ticker)
     values: dict[str, float | None] = {}
+    is_mapping = isinstance(ticker, Mapping)
     for snake, camel, others in _TICKER_FIELDS:
-        raw = _ticker_value(ticker, (snake, camel, *others))
+        raw = _ticker_value(ticker, (snake, camel, *others), is_mapping)
         if raw is _MISSING:
             continue
         try:
@@ -235,29 +238,41 @@ def freeze_basic_ticker(
 ) -> Mapping[str, float | None]:
     """``freeze_ticker`` of ``{"lastPrice", "volume24h", "priceChange24h"}`` (the runtime's ticker),
     without the generic field lookup: the same keys, order and values, for the per-tick hot path."""
-    last = None if last_price is None else float(last_price)
-    volume = None if volume_24h is None else float(volume_24h)
-    change = None if price_change_24h is None else float(price_change_24h)
-    values: dict[str, float | None] = {
-        "last_price": last,
-        "lastPrice": last,
-        "volume_24h": volume,
-        "volume24h": volume,
-        "price_change_24h": change,
-        "priceChange24h": change,
-    }
-    return cast("Mapping[str, float | None]", _register(MappingProxyType(values)))
+    # Exact floats (the usual case) are kept as they are; float() of one returns it unchanged.
+    last = last_price if type(last_price) is float or last_price is None else float(last_price)
+    volume = volume_24h if type(volume_24h) is float or volume_24h is None else float(volume_24h)
+    change = (
+        price_change_24h if type(price_change_24h) is float or price_change_24h is None else float(price_change_24h)
+    )
+    frozen: Mapping[str, float | None] = MappingProxyType(
+        {
+            "last_price": last,
+            "lastPrice": last,
+            "volume_24h": volume,
+            "volume24h": volume,
+            "price_change_24h": change,
+            "priceChange24h": change,
+        }
+    )
+    if len(FROZEN) >= FROZEN_LIMIT:  # _register, inline on this per-tick path
+        FROZEN.clear()
+    FROZEN[id(frozen)] = frozen
+    return frozen
 
 
 def freeze_store_klines(klines: dict[str, Klines]) -> Mapping[str, Klines]:
     """``freeze_klines`` for a fresh dict of ``KlineStore`` views built by the host (hot path):
     keys are timeframe strings and values ``Klines`` by construction, so only wrap and register."""
-    return cast("Mapping[str, Klines]", _register(MappingProxyType(klines)))
+    frozen: Mapping[str, Klines] = MappingProxyType(klines)
+    if len(FROZEN) >= FROZEN_LIMIT:  # _register, inline on this per-tick path
+        FROZEN.clear()
+    FROZEN[id(frozen)] = frozen
+    return frozen
 
 
 def freeze_klines(klines: Mapping[str, Klines]) -> Mapping[str, Klines]:
     """Copy the timeframe -> Klines mapping into a read-only one, checking every value."""
-    if FROZEN.get(id(klines)) is klines:
+    if id(klines) in FROZEN:
         return klines
     if not isinstance(klines, Mapping):
         raise ValueError("klines must be a mapping of timeframe -> Klines")

@@ -1,0 +1,148 @@
+"""The replay's row delivery (``subscribe_rows`` -> ``TenantRuntime.on_rows``, what backtests use)
+stores exactly what its event delivery (``subscribe`` -> ``on_event``, what a live feed uses) does.
+
+Two users with identical traders replay the same real candles, one per path. The traders read the
+ticker (24h volume and change), a second timeframe, and have stops, take-profits and trailing
+stops, so prices, tickers, the monitor, closes and re-analyses are all exercised.
+"""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from fakes.runtime_world import make_runtime, seed_user
+from sqlalchemy import select
+
+from tradeengine.ai.offline import OfflineAnalyst
+from tradeengine.clock import SimClock
+from tradeengine.exchange.paper import PaperBroker
+from tradeengine.exchange.replay import ReplayFeed
+from tradeengine.store.engine import SessionFactory
+from tradeengine.store.models import AnalysisHistory, Position, Signal, Trade, Trader
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "market"
+DAY = 86_400_000
+T0 = 1_606_780_800_000  # 2020-12-01, first candle in the files
+START, END = T0 + 3 * DAY, T0 + 9 * DAY
+SYMBOLS = ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
+
+DIP_ON_VOLUME = """
+def check_signal(symbol, ticker, klines):
+    k = klines["5m"]
+    hour = klines["1h"]
+    if len(k) < 30 or len(hour) < 2 or ticker["volume24h"] is None:
+        return False
+    falling_day = ticker["priceChange24h"] < 0
+    return k.close[-1] < get_latest_sma(k, 20) * 0.995 and (falling_day or hour.close[-1] < hour.open[-1])
+"""
+HOURLY_RSI = """
+def check_signal(symbol, ticker, klines):
+    return get_latest_rsi(klines["1h"], 14) < 40
+"""
+TRADERS: list[dict[str, Any]] = [
+    {
+        "name": "dip",
+        "signal_code": DIP_ON_VOLUME,
+        "timeframes": ["5m", "1h"],
+        "symbols": SYMBOLS,
+        "check_interval": "5m_close",
+        "reanalysis_interval": "1h_close",
+        "stop_loss_pct": Decimal("1.5"),
+        "take_profit_pct": Decimal(3),
+        "max_open_positions": 3,
+    },
+    {
+        "name": "rsi",
+        "signal_code": HOURLY_RSI,
+        "timeframes": ["1h"],
+        "symbols": SYMBOLS,
+        "check_interval": "1h_close",
+        "reanalysis_interval": "1h",
+        "stop_loss_pct": Decimal(2),
+        "trailing_stop_pct": Decimal(1),
+        "max_open_positions": 2,
+    },
+]
+
+
+async def _replay(factory: SessionFactory, tmp_path: Path, *, rows: bool) -> uuid.UUID:
+    user_id, _ = await seed_user(factory, TRADERS)
+    clock = SimClock(START)
+    feed = ReplayFeed.from_directory(DATA, SYMBOLS, ["5m", "1h"], clock=clock, start_ms=START, end_ms=END)
+    rt = make_runtime(
+        factory,
+        user_id,
+        clock,
+        tmp_path / ("rows" if rows else "events"),
+        analyst=OfflineAnalyst(),
+        broker=PaperBroker({"USDT": Decimal(10000)}),
+        store=feed.store,
+    )
+    await rt.start()
+    if rows:
+        feed.subscribe_rows(rt.on_rows)
+    else:
+        feed.subscribe(rt.on_event)
+    await feed.run()
+    await rt.flush()
+    await rt.shutdown()
+    await rt.writer.close()
+    return user_id
+
+
+async def _stored(factory: SessionFactory, user_id: uuid.UUID) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything the runtime wrote for a user, ids replaced by what they point at."""
+    async with factory() as session:
+
+        async def rows(model: Any) -> list[Any]:
+            return list((await session.execute(select(model).filter_by(user_id=user_id))).scalars())
+
+        names = {t.id: t.name for t in await rows(Trader)}
+        signals = await rows(Signal)
+        signal_key = {s.id: (names[s.trader_id], s.symbol, s.timestamp) for s in signals}
+        positions = await rows(Position)
+        position_key = {p.id: (names[p.trader_id], p.symbol, p.opened_at) for p in positions}
+        return {
+            "signals": sorted(
+                (*signal_key[s.id], s.status, s.trigger_price, s.closed_at, s.timeframe) for s in signals
+            ),
+            "analyses": sorted(
+                (signal_key[a.signal_id], a.timestamp, a.decision, a.confidence, a.reasoning)
+                for a in await rows(AnalysisHistory)
+            ),
+            "positions": sorted(
+                (
+                    *position_key[p.id],
+                    p.side,
+                    p.status,
+                    p.entry_price,
+                    p.exit_price,
+                    p.size,
+                    p.stop_loss,
+                    p.take_profit,
+                    p.fees,
+                    p.pnl,
+                    p.closed_at,
+                    p.close_reason,
+                )
+                for p in positions
+            ),
+            "trades": sorted(
+                (position_key[t.position_id], t.side, t.status, t.price, t.quantity, t.fee, t.executed_at)
+                for t in await rows(Trade)
+            ),
+        }
+
+
+async def test_row_delivery_stores_what_event_delivery_stores(session_factory: SessionFactory, tmp_path: Path) -> None:
+    by_events = await _stored(session_factory, await _replay(session_factory, tmp_path, rows=False))
+    by_rows = await _stored(session_factory, await _replay(session_factory, tmp_path, rows=True))
+    # The workload is not trivial: both traders signal, positions open and close several ways.
+    assert len({s[0] for s in by_events["signals"]}) == 2
+    assert len(by_events["trades"]) >= 10
+    assert {p[-1] for p in by_events["positions"]} >= {"stop_loss", "take_profit"}
+    for table in by_events:
+        assert by_rows[table] == by_events[table], table
