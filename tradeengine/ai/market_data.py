@@ -200,12 +200,12 @@ def calculate_indicators(klines: Klines) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if len(klines) == 0:
         return out
-    latest_market_indicators, _array, _begin = _indicator_functions()
+    latest_market_indicators, periods, _array, _begin = _indicator_functions()
     # One compiled call runs the kernels ``core.sma``/``ema``/... run, with the arguments they
     # pass (so every value is what ``core`` gives, bit for bit), on the columns checked once.
     close, high, low = _array(klines.close, "close"), _array(klines.high, "high"), _array(klines.low, "low")
     volume = _array(klines.volume, "volume")
-    values = latest_market_indicators(close, high, low, volume, _begin(close), _begin(high, low, close))
+    values = latest_market_indicators(close, high, low, volume, _begin(close), _begin(high, low, close), periods)
     sma_20, sma_50, sma_200, ema_12, ema_26, rsi_14, line, signal, hist, upper, middle, lower, atr_14, vwap = (
         values.tolist()
     )
@@ -231,14 +231,16 @@ def calculate_indicators(klines: Klines) -> dict[str, Any]:
 
 
 @functools.cache
-def _indicator_functions() -> tuple[Callable[..., NDArray[np.float64]], Callable[..., Any], Callable[..., int]]:
-    """``_kernels.latest_market_indicators``, ``core._array`` and ``core._begin``, imported on
-    first use (importing them loads the compiled kernels) and kept: an import statement per
-    call costs more than the rest of the Python around the kernel."""
-    from tradeengine.indicators._kernels import latest_market_indicators
+def _indicator_functions() -> tuple[
+    Callable[..., NDArray[np.float64]], NDArray[np.int64], Callable[..., Any], Callable[..., int]
+]:
+    """``_kernels.latest_market_indicators`` with its periods, ``core._array`` and ``core._begin``,
+    imported on first use (importing them loads the compiled kernels) and kept: an import
+    statement per call costs more than the rest of the Python around the kernel."""
+    from tradeengine.indicators._kernels import MARKET_PERIODS, latest_market_indicators
     from tradeengine.indicators.core import _array, _begin
 
-    return latest_market_indicators, _array, _begin
+    return latest_market_indicators, MARKET_PERIODS, _array, _begin
 
 
 def _ticker(ticker: Mapping[str, Any] | None, primary: Klines | None) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from numba.extending import intrinsic
 from numpy.typing import NDArray
 
 FloatArray: TypeAlias = NDArray[np.float64]
+IntArray: TypeAlias = NDArray[np.int64]
 Pair: TypeAlias = tuple[FloatArray, FloatArray]
 Triple: TypeAlias = tuple[FloatArray, FloatArray, FloatArray]
 Quad: TypeAlias = tuple[FloatArray, FloatArray, FloatArray, FloatArray]
@@ -1027,9 +1028,13 @@ def last_cci(high: FloatArray, low: FloatArray, close: FloatArray, period: int) 
     return delta / (0.015 * deviation)
 
 
+MARKET_PERIODS = np.array([20, 50, 200, 12, 26, 14, 9], dtype=np.int64)
+MARKET_PERIODS.flags.writeable = False
+
+
 @_jit
 def latest_market_indicators(
-    close: FloatArray, high: FloatArray, low: FloatArray, volume: FloatArray, b: int, b_hlc: int
+    close: FloatArray, high: FloatArray, low: FloatArray, volume: FloatArray, b: int, b_hlc: int, p: IntArray
 ) -> FloatArray:
     """The newest values of ``ai.market_data.calculate_indicators``'s set in one call: the same
     kernels with the arguments ``core`` passes, so each equals ``core.<indicator>(...)[-1]`` bit
@@ -1037,23 +1042,27 @@ def latest_market_indicators(
 
     Order: SMA 20, 50, 200; EMA 12, 26; RSI 14; MACD 12/26/9 line, signal, histogram;
     Bollinger 20/2 upper, middle, lower; ATR 14; VWAP. Needs at least one candle.
+
+    ``p`` holds the periods (20, 50, 200, 12, 26, 14, 9): as constants here numba would type
+    them as literals and compile extra versions of every kernel called, breaking the
+    one-specialization-per-kernel rule (``warm_up``) on an empty cache.
     """
     out = np.empty(14)
-    out[0] = sma(close, b, 20)[-1]
-    out[1] = sma(close, b, 50)[-1]
-    out[2] = sma(close, b, 200)[-1]
-    out[3] = ema(close, b, 12, 2.0 / 13)[-1]
-    out[4] = ema(close, b, 26, 2.0 / 27)[-1]
-    out[5] = rsi(close, b, 14)[-1]
-    line, signal, hist = macd(close, b, 12, 26, 9)
+    out[0] = sma(close, b, p[0])[-1]
+    out[1] = sma(close, b, p[1])[-1]
+    out[2] = sma(close, b, p[2])[-1]
+    out[3] = ema(close, b, p[3], 2.0 / (p[3] + 1))[-1]
+    out[4] = ema(close, b, p[4], 2.0 / (p[4] + 1))[-1]
+    out[5] = rsi(close, b, p[5])[-1]
+    line, signal, hist = macd(close, b, p[3], p[4], p[6])
     out[6] = line[-1]
     out[7] = signal[-1]
     out[8] = hist[-1]
-    upper, middle, lower = bbands(close, b, 20, 2.0)
+    upper, middle, lower = bbands(close, b, p[0], 2.0)
     out[9] = upper[-1]
     out[10] = middle[-1]
     out[11] = lower[-1]
-    out[12] = atr(high, low, close, b_hlc, 14)[-1]
+    out[12] = atr(high, low, close, b_hlc, p[5])[-1]
     out[13] = vwap(high, low, close, volume)[-1]
     return out
 
@@ -1085,7 +1094,7 @@ def warm_up() -> None:
     window_extremes(x, x, 2)
     vwap(x, x, x, x)
     volume_change(x, 2)
-    latest_market_indicators(x, x, x, x, 0, 0)
+    latest_market_indicators(x, x, x, x, 0, 0, MARKET_PERIODS)
 
 
 warm_up()
