@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -161,3 +162,54 @@ def test_monitor_triggers() -> None:
     trail_short = _position(PositionSide.SHORT, trailing_pct=Decimal("0.05"), extreme=Decimal(100))
     assert trail_short.trigger(80.0) is None
     assert trail_short.trigger(84.0) == "trailing_stop"
+
+
+@pytest.mark.parametrize("side", [PositionSide.LONG, PositionSide.SHORT])
+@pytest.mark.parametrize(
+    "levels",
+    [
+        {"stop_loss": Decimal(95), "take_profit": Decimal(110)},
+        {"stop_loss": Decimal(105), "take_profit": Decimal(90)},  # the other side's levels
+        {"stop_loss": Decimal(95)},
+        {"take_profit": Decimal(110)},
+        {"trailing_pct": Decimal("0.03"), "extreme": Decimal(100)},
+        {"trailing_pct": Decimal("0.03")},  # no extreme yet
+        {
+            "stop_loss": Decimal(97),
+            "take_profit": Decimal(104),
+            "trailing_pct": Decimal("0.02"),
+            "extreme": Decimal(101),
+        },
+        {},
+    ],
+)
+def test_quiet_prices_trigger_nothing(side: PositionSide, levels: dict[str, Decimal]) -> None:
+    """The monitor skips a position when ``quiet(price)``: that must mean ``trigger(price)``
+    returns None and leaves the trailing extreme where it was, along a random walk that also
+    moves the extreme, crosses every level and hits the levels exactly."""
+    rng = random.Random(7)
+    position = _position(side, **levels)
+    twin = _position(side, **levels)
+    exact = [float(v) for k, v in levels.items() if k != "trailing_pct"]
+    # Levels on the wrong side of the entry (a long's stop above it) close at once: no quiet band.
+    sensible = position.trigger(100.0) is None and twin.trigger(100.0) is None
+    price, quiet_seen, loud_seen = 100.0, 0, 0
+    for step in range(4000):
+        price = rng.choice(exact) if exact and step % 7 == 0 else max(price * (1 + rng.gauss(0, 0.004)), 1.0)
+        if position.quiet(price):
+            quiet_seen += 1
+            before = position.extreme_price
+            assert twin.trigger(price) is None, (price, step)
+            assert twin.extreme_price == before
+        else:
+            loud_seen += 1
+            if twin.trigger(price) is not None:
+                twin = _position(side, **levels)  # closed: start over with a fresh pair
+                position = _position(side, **levels)
+                continue
+        assert position.trigger(price) is None
+        assert position.extreme_price == twin.extreme_price
+    if sensible:
+        assert quiet_seen > 100  # the band is not empty in practice ...
+    if levels:
+        assert loud_seen > 10  # ... and not everything

@@ -7,6 +7,7 @@ The database is the source of truth; this is a write-through cache rebuilt from 
 from __future__ import annotations
 
 import base64
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ class LivePosition:
     _extreme: float = field(default=0.0)
     _trail: float = field(default=0.0)
     _saved_extreme: float = field(default=0.0)  # the extreme last written to the database
+    _quiet_low: float = field(default=0.0)  # prices strictly between these trigger nothing (see quiet)
+    _quiet_high: float = field(default=0.0)
 
     def __post_init__(self) -> None:
         self._extreme = self._saved_extreme = float(self.extreme) if self.extreme is not None else 0.0
@@ -96,6 +99,40 @@ class LivePosition:
         self._sl = float(self.stop_loss) if self.stop_loss is not None else 0.0
         self._tp = float(self.take_profit) if self.take_profit is not None else 0.0
         self._trail = float(self.trailing_pct) if self.trailing_pct is not None else 0.0
+        self._bound_quiet()
+
+    def quiet(self, price: float) -> bool:
+        """True when ``trigger(price)`` would neither close the position nor move the trailing
+        extreme: the monitor can skip it. One comparison per price, where ``trigger`` is a call
+        and several branches; a backtest asks this for every candle of a held symbol."""
+        return self._quiet_low < price < self._quiet_high
+
+    def _bound_quiet(self) -> None:
+        """Derive the quiet band from the levels and the extreme with ``trigger``'s own float
+        expressions (so the band's edges are exactly its thresholds). Edges are exclusive; where
+        ``trigger`` acts at equality (a new high equal to the extreme does not move it) the band is
+        merely a little narrower than it could be, which only costs a ``trigger`` call."""
+        low, high = -math.inf, math.inf
+        if self.side is PositionSide.LONG:
+            if self._sl:
+                low = self._sl
+            if self._tp:
+                high = self._tp
+            if self._trail:
+                low = max(low, self._extreme * (1.0 - self._trail))
+                high = min(high, self._extreme)
+        else:
+            if self._sl:
+                high = self._sl
+            if self._tp:
+                low = self._tp
+            if self._trail:
+                if self._extreme == 0.0:
+                    low = high = 0.0  # no extreme yet: the first price sets it
+                else:
+                    low = max(low, self._extreme)
+                    high = min(high, self._extreme * (1.0 + self._trail))
+        self._quiet_low, self._quiet_high = low, high
 
     def extreme_unsaved(self, fraction: float) -> bool:
         """True when the trailing extreme moved more than ``fraction`` (0: at all) since it was saved."""
@@ -130,6 +167,7 @@ class LivePosition:
             if self._trail:
                 if price > self._extreme:
                     self._extreme = price
+                    self._bound_quiet()
                 elif price <= self._extreme * (1.0 - self._trail):
                     return "trailing_stop"
         else:
@@ -140,6 +178,7 @@ class LivePosition:
             if self._trail:
                 if self._extreme == 0.0 or price < self._extreme:
                     self._extreme = price
+                    self._bound_quiet()
                 elif price >= self._extreme * (1.0 + self._trail):
                     return "trailing_stop"
         return None

@@ -444,10 +444,10 @@ class TenantRuntime:
                 # The exact price is the float's shortest spelling, as the event's Decimal was.
                 tickers[symbol] = TickerStats(v3, v1, round(v0, 4))
                 prices.set_float(symbol, v3, at_ms)
-                if symbol in positions or self._pending_flips:
+                if self._pending_flips or (symbol in positions and not self._quiet(symbol, v3)):
                     await self._on_ticker(symbol)
                 continue
-            if symbol in positions or self._pending_orders or self._pending_flips:
+            if self._pending_orders or self._pending_flips or (symbol in positions and not self._quiet(symbol, v3)):
                 await self._on_candle(symbol, open_time, v3)
             else:
                 prices.set_float(symbol, v3, open_time)
@@ -462,7 +462,7 @@ class TenantRuntime:
     async def _on_candle(self, symbol: str, open_time: int, close: float) -> None:
         self.prices.set_float(symbol, close, open_time)
         self._last_kline_ms = open_time
-        if symbol in self.state.positions_by_symbol:
+        if symbol in self.state.positions_by_symbol and not self._quiet(symbol, close):
             await self._monitor_symbol(symbol)
         if self._pending_orders and symbol in self._pending_orders:
             await self._resume_orders(symbol)
@@ -470,7 +470,7 @@ class TenantRuntime:
             await self._resume_flips(symbol)
 
     async def _on_ticker(self, symbol: str) -> None:
-        if symbol in self.state.positions_by_symbol:
+        if symbol in self.state.positions_by_symbol and not self._quiet(symbol, self.prices.last[symbol]):
             await self._monitor_symbol(symbol)
         if self._pending_flips and symbol in self._pending_flips:
             await self._resume_flips(symbol)
@@ -751,6 +751,16 @@ class TenantRuntime:
             await self.queue.join()
 
     # ------------------------------------------------------------------ position monitor
+
+    def _quiet(self, symbol: str, price: float) -> bool:
+        """True (and counted as a monitor check) when ``price`` triggers nothing for any position
+        on ``symbol`` (``LivePosition.quiet``): then ``_monitor_symbol`` would do nothing, and the
+        common case costs no coroutine. Closing positions are skipped by the monitor anyway."""
+        for position in self.state.positions_by_symbol.get(symbol, ()):
+            if not position.quiet(price):
+                return False
+        self.counters.monitor_checks += 1
+        return True
 
     async def _monitor_symbol(self, symbol: str) -> None:
         price = self.prices.last[symbol]
