@@ -147,6 +147,9 @@ async def test_kill_9_real_live_tenant_stop_fills_while_dead_then_restart_reconc
 
         position, entry, stop = await _wait(protected, 120, "an open position with a resting exchange stop", log)
         assert stop.purpose == "stop_loss"
+        # The entry row holds the quantity the exchange took (rounded to its lot step), not the
+        # sizing's 8-decimal request: a market order filled in full has nothing remaining.
+        assert entry.quantity == entry.filled_quantity > 0
         os.kill(tenant.pid, signal.SIGKILL)
         assert await tenant.wait() == -signal.SIGKILL
         tenant = None

@@ -164,6 +164,11 @@ async def test_precision_and_limits_are_checked_before_sending(env: Env) -> None
     rounded = market_buy("0.012345678")
     state = await env.broker.place_order(rounded)
     assert state.filled_quantity == Decimal("0.01234")  # rounded down to the lot step
+    async with UnitOfWork(env.factory) as uow:
+        row = await uow.orders.get_by_client_order_id(rounded.client_order_id)
+        assert row is not None
+        # The row says what the exchange took, so reconciliation's "remaining" is not a rounding residue.
+        assert row.quantity == Decimal("0.01234")
 
 
 async def test_limit_order_rests_then_partial_and_full_fills_are_polled(env: Env) -> None:

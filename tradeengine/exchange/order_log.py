@@ -107,6 +107,8 @@ class OrderLog:
                 return
             if state.exchange_order_id is not None:
                 row.exchange_order_id = state.exchange_order_id
+            if state.quantity > 0:
+                row.quantity = state.quantity  # what the exchange took (lot-rounded), not what we asked
             unfilled = state.filled_quantity <= 0 and row.filled_quantity <= 0
             still_open = row.status in {s.value for s in OPEN_ORDER_STATUSES}
             if unfilled and still_open and state.status in _UNFILLED_STATUSES:

@@ -676,6 +676,8 @@ class Executor:
             "error_message": state.error_message,
             "updated_at": now,
         }
+        if state.quantity > ZERO:
+            order_values["quantity"] = state.quantity  # what the broker took (lot-rounded), not the request
         position = ctx.position
         new_position: LivePosition | None = None
         closed = False
