@@ -235,6 +235,33 @@ def test_cache_sees_in_place_updates_of_the_open_candle() -> None:
     assert ind.get_latest_obv(k) == pytest.approx(float(ind.obv(close, volume)[-1]), rel=1e-12)
 
 
+def test_cache_tells_apart_views_that_share_a_close_array_and_sees_a_new_high() -> None:
+    """Hand-built views may share columns; the key is the view, and range helpers key on the
+    newest high and low as well (the open candle's high moves without its close changing)."""
+    ind.clear_cache()
+    table = np.array(rows(count=200), dtype=np.float64)
+    times, close, volume = table[:, 0].astype(np.int64), table[:, 4].copy(), table[:, 5].copy()
+    for column in (times, close, volume):
+        column.flags.writeable = False  # read-only columns are shared as they are, not re-viewed
+    high = table[:, 2].copy()
+    low = table[:, 3].copy()
+    wide = ind.Klines(times, close, high, low, close, volume)
+    narrow = ind.Klines(times, close, close + (high - close) / 10, close - (close - low) / 10, close, volume)
+    for view in (wide, narrow, wide):
+        assert ind.get_latest_atr(view, 14) == pytest.approx(
+            float(ind.atr(view.high, view.low, view.close, 14)[-1]), rel=1e-12
+        )
+        assert ind.get_latest_adx(view, 14) == pytest.approx(
+            float(ind.adx(view.high, view.low, view.close, 14)[-1]), rel=1e-12
+        )
+    assert ind.get_latest_atr(wide, 14) != ind.get_latest_atr(narrow, 14)
+    before = ind.get_latest_atr(wide, 14)
+    high[-1] += 50.0  # a trade at a new high, then the price came back: close and volume as they were
+    after = ind.get_latest_atr(wide, 14)
+    assert after != before
+    assert after == pytest.approx(float(ind.atr(high, wide.low, close, 14)[-1]), rel=1e-12)
+
+
 def test_cache_is_bounded() -> None:
     ind.clear_cache()
     for period in range(1, helpers._CACHE_LIMIT + 50):

@@ -70,3 +70,46 @@ def _fma_residual(x: float) -> float:
         return _kernels.fma(a, a, -p)
 
     return float(residual(x))
+
+
+_HUGE_PERIODS_SCRIPT = """
+import inspect, math, sys
+import numpy as np
+from tradeengine.indicators import core
+c = np.linspace(100.0, 120.0, 300)
+columns = {"close": c, "high": c + 1.0, "low": c - 1.0, "volume": np.ones(300)}
+for period in (2**31, 2**62, 2**63 - 1):
+    for name, fn in inspect.getmembers(core, inspect.isfunction):
+        if name.startswith("_") or fn.__module__ != core.__name__:
+            continue
+        params = inspect.signature(fn).parameters
+        if not any("period" in p for p in params):
+            continue
+        args = {}
+        for p, spec in params.items():
+            if p in columns:
+                args[p] = columns[p]
+            elif "period" in p:
+                args[p] = period
+            elif spec.default is inspect.Parameter.empty:
+                break
+        else:
+            out = fn(**args)
+            arrays = out if isinstance(out, tuple) else (out,)
+            assert all(np.isnan(a).all() for a in arrays), (name, period)
+            print(name, period, flush=True)
+"""
+
+
+def test_core_indicators_with_huge_periods_give_nan_not_a_segfault() -> None:
+    """Trusted callers reach the kernels with any period; int64 arithmetic on one near 2**62
+    indexed out of bounds (a segfault that killed the process). Run apart: a crash fails here."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _HUGE_PERIODS_SCRIPT], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:] or f"exit {done.returncode}"
+    covered = {line.split()[0] for line in done.stdout.splitlines()}
+    assert {"sma", "ema", "rsi", "macd", "adx", "atr", "bollinger_bands", "stochastic"} <= covered

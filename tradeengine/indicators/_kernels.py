@@ -358,16 +358,6 @@ def willr(high: FloatArray, low: FloatArray, close: FloatArray, b: int, period: 
         highest = hh[today]
         lowest = ll[today]
         span = highest - lowest
-        if abs(span) <= EPS * (abs(highest) + abs(lowest)):
-            out[today] = 0.0
-        else:
-            out[today] = ((highest - close[today]) / span) * -100.0
-    return out
-    hh, ll = rolling_max_min(high, low, b, period)
-    for today in range(first, n):
-        highest = hh[today]
-        lowest = ll[today]
-        span = highest - lowest
         if _flat(span, abs(highest) + abs(lowest)):
             out[today] = 0.0
         else:

@@ -58,14 +58,20 @@ def _same_length(first: FloatArray, **others: FloatArray) -> None:
             raise ValueError(f"{name} must have the same length as the first series ({len(first)}), got {len(array)}")
 
 
+# Periods beyond this are clamped to it. No series is that long, so the result (all NaN) is the
+# same; but the kernels do int64 arithmetic on periods (``slow + signal - 1``, ``2 * period``),
+# and near 2**62 that overflows into out-of-bounds indexing: a segfault, not an error.
+MAX_PERIOD = 2**31 - 1
+
+
 def _period(value: Any, name: str, minimum: int = 1) -> int:
-    if type(value) is int and value >= minimum:  # the common case, kept cheap for the helpers
+    if type(value) is int and minimum <= value <= MAX_PERIOD:  # the common case, kept cheap for the helpers
         return value
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+    return min(int(value), MAX_PERIOD)
 
 
 def _number(value: Any, name: str) -> float:

@@ -50,7 +50,7 @@ _F8 = np.dtype(np.float64)
 _UNIT_STRIDE = (8,)
 _CACHE_LIMIT = 4096
 # key -> (close array kept alive so its id() cannot be reused while the entry exists, value)
-_cache: dict[tuple[Any, ...], tuple[FloatArray, Any]] = {}
+_cache: dict[tuple[Any, ...], tuple[Klines, Any]] = {}
 
 
 def _klines(klines: KlinesInput) -> Klines:
@@ -108,28 +108,43 @@ def _last(values: FloatArray) -> float:
     return values.item(-1) if len(values) else _NAN
 
 
-def _run(name: str, params: tuple[Any, ...], klines: KlinesInput, compute: Callable[[Klines], Any]) -> Any:
+def _run(
+    name: str, params: tuple[Any, ...], klines: KlinesInput, compute: Callable[[Klines], Any], *, ranges: bool = False
+) -> Any:
     """Return ``compute(klines)``, memoized for ``Klines`` inputs so a tick's many strategies pay once.
 
-    Key: helper, parameters, the close array's ``id``, and the newest candle's open time, close
-    and volume. The kline store appends by shifting (the newest open time changes) and updates
-    the still-open candle in place (every trade adds volume), so neither can return a stale
-    value. Each entry keeps the close array alive, so its ``id`` (and with it the number of
-    candles) cannot be recycled by another array while the entry exists.
+    Key: helper, parameters, the view's ``id``, and the newest candle's open time, close and
+    volume (with ``ranges``, for helpers that read them, also its high and low). The kline store
+    appends by shifting (the newest open time changes) and updates the still-open candle in
+    place, so neither can return a stale value. The view, not one of its columns: two views
+    built around the same close array may differ in every other column. Each entry keeps the
+    view alive, so its ``id`` cannot be recycled by another view while the entry exists.
     """
     if type(klines) is not Klines:
         return compute(_klines(klines))
     close = klines.close
     if not len(close):
         return compute(klines)
-    key = (name, params, id(close), klines.open_time.item(-1), close.item(-1), klines.volume.item(-1))
+    if ranges:
+        key: tuple[Any, ...] = (
+            name,
+            params,
+            id(klines),
+            klines.open_time.item(-1),
+            close.item(-1),
+            klines.volume.item(-1),
+            klines.high.item(-1),
+            klines.low.item(-1),
+        )
+    else:
+        key = (name, params, id(klines), klines.open_time.item(-1), close.item(-1), klines.volume.item(-1))
     hit = _cache.get(key)
     if hit is not None:
         return hit[1]
     value = compute(klines)
     if len(_cache) >= _CACHE_LIMIT:
         _cache.clear()  # cheap and bounded; entries only matter for about one tick anyway
-    _cache[key] = (close, value)
+    _cache[key] = (klines, value)
     return value
 
 
@@ -175,7 +190,7 @@ def get_latest_vwap(klines: KlinesInput) -> float:
     def compute(k: Klines) -> float:
         return _last(_k.vwap_entry(_column(k.high), _column(k.low), _column(k.close), _column(k.volume)))
 
-    result: float = _run("vwap", (), klines, compute)
+    result: float = _run("vwap", (), klines, compute, ranges=True)
     return result
 
 
@@ -280,7 +295,7 @@ def get_latest_atr(klines: KlinesInput, period: int = 14) -> float:
             return _NAN
         return _k.atr_entry(h, lo, c, _begin(h, lo, c), period).item(-1)
 
-    result: float = _run("atr", (period,), klines, compute)
+    result: float = _run("atr", (period,), klines, compute, ranges=True)
     return result
 
 
@@ -299,7 +314,7 @@ def get_latest_keltner_channels(
         upper, middle, lower = _k.keltner_entry(h, lo, c, _begin(c), _begin(h, lo, c), period, atr_period, multiplier)
         return upper.item(-1), middle.item(-1), lower.item(-1)
 
-    result: Triple = _run("keltner", (period, atr_period, multiplier), klines, compute)
+    result: Triple = _run("keltner", (period, atr_period, multiplier), klines, compute, ranges=True)
     return result
 
 
@@ -369,7 +384,7 @@ def get_latest_adx(klines: KlinesInput, period: int = 14) -> float:
             return _NAN
         return _k.adx_entry(h, lo, c, _begin(h, lo, c), period).item(-1)
 
-    result: float = _run("adx", (period,), klines, compute)
+    result: float = _run("adx", (period,), klines, compute, ranges=True)
     return result
 
 
