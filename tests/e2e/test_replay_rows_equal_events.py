@@ -4,6 +4,10 @@ stores exactly what its event delivery (``subscribe`` -> ``on_event``, what a li
 Two users with identical traders replay the same real candles, one per path. The traders read the
 ticker (24h volume and change), a second timeframe, and have stops, take-profits and trailing
 stops, so prices, tickers, the monitor, closes and re-analyses are all exercised.
+
+A third replay takes the row path with write-behind (what backtests on a throwaway database do):
+its merged transactions (``batch.coalesce``) must leave exactly the rows that committing every
+batch leaves.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from tradeengine.clock import SimClock
 from tradeengine.exchange.paper import PaperBroker
 from tradeengine.exchange.replay import ReplayFeed
 from tradeengine.store.engine import SessionFactory
-from tradeengine.store.models import AnalysisHistory, Position, Signal, Trade, Trader
+from tradeengine.store.models import AnalysisHistory, Order, Position, Signal, SignalAnalysis, Trade, Trader
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "market"
 DAY = 86_400_000
@@ -68,7 +72,7 @@ TRADERS: list[dict[str, Any]] = [
 ]
 
 
-async def _replay(factory: SessionFactory, tmp_path: Path, *, rows: bool) -> uuid.UUID:
+async def _replay(factory: SessionFactory, tmp_path: Path, *, rows: bool, write_behind: int = 0) -> uuid.UUID:
     user_id, _ = await seed_user(factory, TRADERS)
     clock = SimClock(START)
     feed = ReplayFeed.from_directory(DATA, SYMBOLS, ["5m", "1h"], clock=clock, start_ms=START, end_ms=END)
@@ -76,10 +80,11 @@ async def _replay(factory: SessionFactory, tmp_path: Path, *, rows: bool) -> uui
         factory,
         user_id,
         clock,
-        tmp_path / ("rows" if rows else "events"),
+        tmp_path / f"{'rows' if rows else 'events'}-{write_behind}",
         analyst=OfflineAnalyst(),
         broker=PaperBroker({"USDT": Decimal(10000)}),
         store=feed.store,
+        write_behind=write_behind,
     )
     await rt.start()
     if rows:
@@ -107,11 +112,41 @@ async def _stored(factory: SessionFactory, user_id: uuid.UUID) -> dict[str, list
         position_key = {p.id: (names[p.trader_id], p.symbol, p.opened_at) for p in positions}
         return {
             "signals": sorted(
-                (*signal_key[s.id], s.status, s.trigger_price, s.closed_at, s.timeframe) for s in signals
+                (
+                    *signal_key[s.id],
+                    s.status,
+                    s.trigger_price,
+                    s.current_price,
+                    s.closed_at,
+                    s.close_reason,
+                    s.timeframe,
+                    s.updated_at,
+                )
+                for s in signals
             ),
             "analyses": sorted(
-                (signal_key[a.signal_id], a.timestamp, a.decision, a.confidence, a.reasoning)
+                (signal_key[a.signal_id], a.timestamp, a.decision, a.confidence, a.reasoning, str(a.market_data))
                 for a in await rows(AnalysisHistory)
+            ),
+            "signal_analyses": sorted(
+                (signal_key[a.signal_id], a.decision, a.confidence, a.reasoning, a.created_at)
+                for a in await rows(SignalAnalysis)
+            ),
+            "orders": sorted(
+                (
+                    signal_key.get(o.signal_id, ()),  # () sorts with the tuples; None would not
+                    position_key.get(o.position_id, ()),
+                    o.purpose,
+                    o.side,
+                    o.status,
+                    o.quantity,
+                    o.filled_quantity,
+                    o.average_price,
+                    o.fee,
+                    o.created_at,
+                    o.updated_at,
+                )
+                for o in await rows(Order)
             ),
             "positions": sorted(
                 (
@@ -125,8 +160,12 @@ async def _stored(factory: SessionFactory, user_id: uuid.UUID) -> dict[str, list
                     p.take_profit,
                     p.fees,
                     p.pnl,
+                    p.highest_price,
+                    p.lowest_price,
+                    p.version,
+                    p.updated_at,
                     p.closed_at,
-                    p.close_reason,
+                    p.close_reason,  # last: the test reads it as p[-1]
                 )
                 for p in positions
             ),
@@ -146,3 +185,6 @@ async def test_row_delivery_stores_what_event_delivery_stores(session_factory: S
     assert {p[-1] for p in by_events["positions"]} >= {"stop_loss", "take_profit"}
     for table in by_events:
         assert by_rows[table] == by_events[table], table
+    merged = await _stored(session_factory, await _replay(session_factory, tmp_path, rows=True, write_behind=16))
+    for table in by_events:
+        assert merged[table] == by_events[table], f"{table} with write-behind"

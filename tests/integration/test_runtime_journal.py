@@ -107,6 +107,44 @@ def test_journal_codec_and_coalesce_keep_values_exact() -> None:
     assert update.increment == {"version": 2}
 
 
+def test_coalesce_folds_fills_into_their_orders_and_groups_inserts_by_columns() -> None:
+    """What a backtest's write-behind merges: an order inserted pending, then filled and linked
+    to the position opened in the same merge, becomes one insert; a link to a row the merge does
+    not insert stays an update after the inserts; inserts of one table with the same columns
+    form one run (one executemany), whatever order the columns were set in."""
+    import uuid
+
+    from tradeengine.store.batch import Insert, Update
+
+    signal, position, elsewhere = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    orders = [uuid.uuid4() for _ in range(4)]
+    batches = []
+    for i, order in enumerate(orders):
+        b = WriteBatch(f"open {i}")
+        if i == 0:
+            b.insert("signals", id=signal, status="new")
+        b.insert("orders", id=order, signal_id=signal, status="pending", quantity=Decimal(1))
+        batches.append(b)
+        fill = WriteBatch(f"fill {i}")
+        if i == 0:
+            fill.insert("positions", id=position, signal_id=signal, status="open")
+        target = position if i < 3 else elsewhere
+        fill.update("orders", order, status="filled", filled_quantity=Decimal(1), position_id=target)
+        batches.append(fill)
+    merged = coalesce(batches)
+    inserts = [op for op in merged.operations if isinstance(op, Insert)]
+    assert [op.table for op in inserts] == ["signals", "positions", "orders", "orders", "orders", "orders"]
+    by_id = {op.values["id"]: op.values for op in inserts}
+    for order in orders[:3]:
+        assert by_id[order]["position_id"] == position and by_id[order]["status"] == "filled"
+    assert by_id[orders[3]]["status"] == "pending"  # its fill links a row from outside the merge
+    (update,) = [op for op in merged.operations if isinstance(op, Update)]
+    assert (update.id, update.values["position_id"], update.values["status"]) == (orders[3], elsewhere, "filled")
+    # Folded orders first (one column set), then the unfolded one: two runs, not alternating.
+    shapes = [frozenset(op.values) for op in inserts if op.table == "orders"]
+    assert shapes[0] == shapes[1] == shapes[2] != shapes[3]
+
+
 async def test_refused_batch_is_set_aside_not_lost(sqlite_url: str, tmp_path: Path) -> None:
     import uuid
 

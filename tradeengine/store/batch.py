@@ -109,7 +109,7 @@ async def apply_batch(session: AsyncSession, batch: WriteBatch, *, idempotent: b
                 found = await session.execute(select(table.c.id).where(table.c.id == op.values["id"]))
                 if found.first() is not None:
                     continue
-            key: tuple[Any, ...] = ("insert", op.table, tuple(op.values))
+            key: tuple[Any, ...] = ("insert", op.table, frozenset(op.values))
         elif op.increment:
             await flush_run()
             await _update_one(session, table, op)
@@ -211,11 +211,15 @@ def batch_from_json(text: str) -> WriteBatch:
 def coalesce(batches: list[WriteBatch], label: str = "write-behind") -> WriteBatch:
     """Merge batches into one with the same end state and fewer statements.
 
-    Inserts are ordered parents-first by table (foreign keys), arrival order within a table; an
-    update of a row inserted in the same merge is folded into that insert (unless it sets a foreign
-    key); the remaining updates are merged per row (later values win, increments add up) and
-    run after all inserts. Valid because our updates never make an insert possible (foreign keys
-    point at rows that are inserted, not updated, into existence).
+    Inserts are ordered parents-first by table (foreign keys), then grouped by the columns they
+    set (so each group is one executemany), in arrival order within a group. An update of a row
+    inserted in the same merge is folded into that insert, unless it sets a foreign key to a row
+    this merge does not insert (that row may only exist later: it stays an update). The
+    remaining updates are merged per row (later values win, increments add up) and run after all
+    inserts. Valid because our updates never make an insert possible (foreign keys point at rows
+    that are inserted, not updated, into existence), the parents a merge inserts are inserted
+    before its children, and no table refers to itself. Ids are chosen by the writer, so the
+    order of inserts within a table changes no row.
     """
     inserts: list[Insert] = []
     inserted: dict[tuple[str, Any], dict[str, Any]] = {}
@@ -229,9 +233,8 @@ def coalesce(batches: list[WriteBatch], label: str = "write-behind") -> WriteBat
                     inserted[(op.table, values["id"])] = values
                 continue
             target = inserted.get((op.table, op.id))
-            table = _table(op.table)
-            if target is not None and any(table.c[column].foreign_keys for column in op.values):
-                target = None  # may point at a row inserted later: must stay an update after the inserts
+            if target is not None and not _parents_inserted(_table(op.table), op.values, inserted):
+                target = None
             if target is not None:
                 target.update(op.values)
                 for column, amount in op.increment.items():
@@ -242,9 +245,20 @@ def coalesce(batches: list[WriteBatch], label: str = "write-behind") -> WriteBat
             for column, amount in op.increment.items():
                 increments[column] = increments.get(column, 0) + amount
     merged = WriteBatch(label)
-    # Parents before children (foreign keys), arrival order within a table: long executemany runs.
     rank = {table.name: i for i, table in enumerate(Base.metadata.sorted_tables)}
-    merged.operations.extend(sorted(inserts, key=lambda op: rank[op.table]))
+    shapes: dict[tuple[str, frozenset[str]], int] = {}  # (table, columns) -> order of first arrival
+    for op in inserts:
+        shapes.setdefault((op.table, frozenset(op.values)), len(shapes))
+    merged.operations.extend(sorted(inserts, key=lambda op: (rank[op.table], shapes[(op.table, frozenset(op.values))])))
     pending = [Update(name, id_, values, increments) for (name, id_), (values, increments) in updates.items()]
     merged.operations.extend(sorted(pending, key=lambda op: (op.table, tuple(sorted(op.values)))))
     return merged
+
+
+def _parents_inserted(table: Table, values: Mapping[str, Any], inserted: Mapping[tuple[str, Any], Any]) -> bool:
+    """True when every foreign key ``values`` sets is NULL or names a row of this merge."""
+    for column, value in values.items():
+        keys = table.c[column].foreign_keys
+        if keys and value is not None and not any((key.column.table.name, value) in inserted for key in keys):
+            return False
+    return True
