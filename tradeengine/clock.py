@@ -96,9 +96,16 @@ class SimClock:
         self._busy = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._now_cached = (self._now_ms, ms_to_datetime(self._now_ms))
 
     def now(self) -> datetime:
-        return ms_to_datetime(self._now_ms)
+        # Asked many times per simulated instant (every row written carries it); datetimes are
+        # immutable, so one per instant serves them all.
+        cached_ms, cached = self._now_cached
+        if cached_ms != self._now_ms:
+            cached = ms_to_datetime(self._now_ms)
+            self._now_cached = (self._now_ms, cached)
+        return cached
 
     def now_ms(self) -> int:
         return self._now_ms

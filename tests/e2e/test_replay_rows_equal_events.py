@@ -5,6 +5,10 @@ Two users with identical traders replay the same real candles, one per path. The
 ticker (24h volume and change), a second timeframe, and have stops, take-profits and trailing
 stops, so prices, tickers, the monitor, closes and re-analyses are all exercised.
 
+The event replay's analyst also reads market data's formatted rows (as Gemini's does), so the
+runtime formats all of them there and only the snapshot's few on the row paths (the offline
+analyst reads candle columns): decisions and stored snapshots must not differ.
+
 A third replay takes the row path with write-behind (what backtests on a throwaway database do):
 its merged transactions (``batch.coalesce``) must leave exactly the rows that committing every
 batch leaves.
@@ -72,6 +76,10 @@ TRADERS: list[dict[str, Any]] = [
 ]
 
 
+class _RowReadingAnalyst(OfflineAnalyst):
+    reads_kline_rows = True
+
+
 async def _replay(factory: SessionFactory, tmp_path: Path, *, rows: bool, write_behind: int = 0) -> uuid.UUID:
     user_id, _ = await seed_user(factory, TRADERS)
     clock = SimClock(START)
@@ -81,7 +89,7 @@ async def _replay(factory: SessionFactory, tmp_path: Path, *, rows: bool, write_
         user_id,
         clock,
         tmp_path / f"{'rows' if rows else 'events'}-{write_behind}",
-        analyst=OfflineAnalyst(),
+        analyst=OfflineAnalyst() if rows else _RowReadingAnalyst(),
         broker=PaperBroker({"USDT": Decimal(10000)}),
         store=feed.store,
         write_behind=write_behind,

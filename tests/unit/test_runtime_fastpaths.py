@@ -180,6 +180,25 @@ def test_row_cache_gives_kline_rows_for_every_window_and_keeps_its_candles() -> 
     assert np.array_equal(before.close, kept)  # the candles are a copy
 
 
+@pytest.mark.parametrize("length", [0, 2, 3, 50, 150])
+def test_rows_kept_market_data_is_the_full_one_cut_and_its_candles_are_the_rows(length: int) -> None:
+    """For an analyst that reads candle columns only the newest rows are formatted: everything
+    else is the full market data's, and ``newest_candles`` is what parsing the full rows gives."""
+    columns = [c.copy() for c in _series(max(length, 1), 4)]
+    columns[2][-1] = -0.0
+    klines = {"5m": Klines.from_arrays(*(c[:length] for c in columns)), "1h": Klines.from_arrays(*_series(40, 5))}
+    ticker = {"lastPrice": 101.5, "volume24h": 3.0, "priceChange24h": -1.25}
+    full = market_data.build_market_data("BTC/USDT", ticker, klines, limit=100, primary_timeframe="5m")
+    cut = market_data.build_market_data("BTC/USDT", ticker, klines, limit=100, primary_timeframe="5m", rows_kept=3)
+    for tf, rows in full["klines"].items():
+        assert cut["klines"][tf] == rows[-3:]
+        parsed = market_data.klines_from_market_data(full, tf)
+        copies = market_data.newest_candles(klines[tf], 100)
+        for name in ("open_time", "open", "high", "low", "close", "volume"):
+            assert getattr(copies, name).tobytes() == getattr(parsed, name).tobytes()
+    assert {k: v for k, v in cut.items() if k != "klines"} == {k: v for k, v in full.items() if k != "klines"}
+
+
 def test_row_cache_starts_over_on_another_step_and_keeps_series_apart() -> None:
     k = Klines.from_arrays(*_series(120, 2))
     other = Klines.from_arrays(*_series(120, 3))

@@ -54,7 +54,9 @@ class AnalysisRequest:
     # The candles of market_data["klines"] by timeframe, as the float columns their rows were
     # formatted from (parsing the rows back gives the same values), so an analyst in the same
     # process need not parse strings. Empty when the request came over the wire; never sent.
-    # Derived from market_data, so left out of equality and repr.
+    # Derived from market_data, so left out of equality and repr. For an analyst whose class says
+    # ``reads_kline_rows = False`` the runtime formats only the newest few rows; these columns
+    # still hold every candle the rows would have.
     candles: Mapping[str, Klines] = field(default_factory=dict, compare=False, repr=False)
 
 

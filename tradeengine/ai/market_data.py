@@ -56,12 +56,16 @@ def build_market_data(
     *,
     primary_timeframe: str | None = None,
     rows_cache: KlineRowCache | None = None,
+    rows_kept: int | None = None,
 ) -> dict[str, Any]:
     """Return the seed's ``marketData`` dict for ``symbol``; see the module docstring for the shape.
 
     ``ticker`` may use the seed's keys or ccxt's (``last``, ``quoteVolume``, ``percentage``); a
     missing last price falls back to the newest primary close. With ``rows_cache`` the rows of
     candles formatted by an earlier call are reused (same rows, see ``KlineRowCache``).
+    ``rows_kept`` formats only that many of the newest rows per timeframe, for a caller whose
+    analyst reads the candles as columns (``newest_candles``) and not the rows; indicators still
+    use every candle given.
     """
     if limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
@@ -77,8 +81,8 @@ def build_market_data(
     steps: dict[str, int] = {}
     for tf, klines in klines_by_tf.items():
         step = steps[tf] = _timeframe_ms(tf)
-        first = max(len(klines) - limit, 0)
-        if rows_cache is None:
+        first = max(len(klines) - (limit if rows_kept is None else min(rows_kept, limit)), 0)
+        if rows_cache is None or rows_kept is not None:
             klines_json[tf] = _format_rows([getattr(klines, name)[first:] for name in _COLUMNS], step)
         else:
             klines_json[tf] = rows_cache.rows(symbol, tf, klines, step, first)
@@ -100,6 +104,13 @@ def build_market_data(
         "klines": klines_json,
         "calculatedIndicators": indicators,
     }
+
+
+def newest_candles(klines: Klines, limit: int) -> Klines:
+    """Copies of the newest ``limit`` candles: what ``build_market_data`` formats into rows (and
+    what parsing those rows gives back), fixed while the store's views move on."""
+    first = max(len(klines) - limit, 0)
+    return Klines.from_arrays(*(getattr(klines, name)[first:] for name in _COLUMNS))
 
 
 def kline_rows(klines: Klines, timeframe_step_ms: int) -> list[list[Any]]:

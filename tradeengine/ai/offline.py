@@ -77,6 +77,10 @@ class _Decided(NamedTuple):
 class OfflineAnalyst:
     """Rules-based Analyst; see the module docstring for every rule."""
 
+    # It reads the candles as columns (``AnalysisRequest.candles``), never market_data's formatted
+    # rows: the runtime then formats only the few rows the stored snapshot keeps.
+    reads_kline_rows = False
+
     def __init__(
         self,
         policy: Policy = "rules",

@@ -923,6 +923,9 @@ def _set_insert_meta(batch: WriteBatch, meta: dict[str, Any]) -> None:
             batch.operations[i] = Insert(op.table, {**op.values, "metadata": meta})
 
 
+SNAPSHOT_CANDLES = 3  # candles per timeframe analysis_history keeps of the market data
+
+
 def _market_snapshot(market_data: Mapping[str, Any]) -> dict[str, Any]:
     """What analysis_history keeps of the market data: ticker, indicators and the last candles
     (the full klines are rebuilt from the exchange at will; storing 100 rows per analysis is not)."""
@@ -932,5 +935,5 @@ def _market_snapshot(market_data: Mapping[str, Any]) -> dict[str, Any]:
         "timestamp": market_data.get("timestamp"),
         "ticker": jsonable(market_data.get("ticker")),
         "indicators": jsonable(market_data.get("calculatedIndicators") or market_data.get("indicators")),
-        "lastCandles": {tf: jsonable(rows[-3:]) for tf, rows in klines.items()},
+        "lastCandles": {tf: jsonable(rows[-SNAPSHOT_CANDLES:]) for tf, rows in klines.items()},
     }

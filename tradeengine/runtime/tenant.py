@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from loguru import logger
 
 from tradeengine.ai.analyst import AnalysisRequest, AnalysisResult, Analyst, PositionSnapshot
-from tradeengine.ai.market_data import KlineRowCache, build_market_data
+from tradeengine.ai.market_data import KlineRowCache, build_market_data, newest_candles
 from tradeengine.clock import Clock, SimClock
 from tradeengine.domain.decisions import HUNDRED, PositionBook, SizingPolicy
 from tradeengine.domain.enums import (
@@ -49,7 +49,7 @@ from tradeengine.exchange.kline_store import KlineStore
 from tradeengine.exchange.symbols import to_unified
 from tradeengine.indicators.klines import Klines
 from tradeengine.runtime.analysis_queue import AnalysisQueue, AnalysisTask, Priority, QueueConfig
-from tradeengine.runtime.executor import Executor, PriceBook, StepContext
+from tradeengine.runtime.executor import SNAPSHOT_CANDLES, Executor, PriceBook, StepContext
 from tradeengine.runtime.journal import DurableWriter
 from tradeengine.runtime.metrics import Histogram, RuntimeCounters
 from tradeengine.runtime.scheduler import Scheduler
@@ -124,6 +124,8 @@ class TenantRuntime:
         self.tickers: dict[str, TickerStats] = {}
         self.scheduler = Scheduler(clock)
         self.queue = AnalysisQueue(analyst, clock, self.config.queue)
+        # An analyst that reads the candles as columns gets only the rows the snapshot stores.
+        self._reads_kline_rows: bool = getattr(analyst, "reads_kline_rows", True)
         self.executor = Executor(
             state=self.state,
             writer=writer,
@@ -682,13 +684,16 @@ class TenantRuntime:
         primary = trader.primary_timeframe
         for tf in (primary, *[t for t in trader.timeframes if t != primary]):
             klines[tf] = self.store.klines(signal.symbol, tf, max(self.config.analysis_klines * 3, 250))
+        limit = self.config.analysis_klines
+        reads_rows = self._reads_kline_rows
         market_data = build_market_data(
             signal.symbol,
             self._ticker(signal.symbol),
             klines,
-            limit=self.config.analysis_klines,
+            limit=limit,
             primary_timeframe=primary,
             rows_cache=self._kline_rows,
+            rows_kept=None if reads_rows else SNAPSHOT_CANDLES,
         )
         position = self.state.position_for_signal(signal.id)
         snapshot = None
@@ -719,7 +724,10 @@ class TenantRuntime:
             is_reanalysis=reanalysis,
             trader_settings=trader.settings,
             candle_key=int(primary_klines.open_time[-1]) if len(primary_klines) else None,
-            candles={tf: self._kline_rows.candles(signal.symbol, tf) for tf in klines},
+            candles={
+                tf: self._kline_rows.candles(signal.symbol, tf) if reads_rows else newest_candles(view, limit)
+                for tf, view in klines.items()
+            },
         )
 
     async def _on_analysis(self, request: AnalysisRequest, result: AnalysisResult) -> None:
