@@ -143,6 +143,10 @@ def test_coalesce_folds_fills_into_their_orders_and_groups_inserts_by_columns() 
     # Folded orders first (one column set), then the unfolded one: two runs, not alternating.
     shapes = [frozenset(op.values) for op in inserts if op.table == "orders"]
     assert shapes[0] == shapes[1] == shapes[2] != shapes[3]
+    # Reordering inserts within a table is only safe while no table refers to itself.
+    from tradeengine.store.models import Base
+
+    assert not [t.name for t in Base.metadata.sorted_tables for fk in t.foreign_keys if fk.column.table is t]
 
 
 async def test_refused_batch_is_set_aside_not_lost(sqlite_url: str, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ _INF = math.inf
 _F8 = np.dtype(np.float64)
 _UNIT_STRIDE = (8,)
 _CACHE_LIMIT = 4096
-# key -> (close array kept alive so its id() cannot be reused while the entry exists, value)
+# key -> (the view, kept alive so its id() cannot be reused while the entry exists; value)
 _cache: dict[tuple[Any, ...], tuple[Klines, Any]] = {}
 
 
