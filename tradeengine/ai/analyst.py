@@ -80,6 +80,11 @@ class AnalysisResult:
 
 
 class Analyst(Protocol):
+    """Decides on a signal. Optional hint, read with ``getattr`` (not part of the protocol, so
+    analysts need not declare it): a class attribute ``reads_kline_rows = False`` says the
+    analyst reads ``AnalysisRequest.candles`` and never ``market_data["klines"]``, and the runtime
+    then formats only the rows it stores (``OfflineAnalyst``)."""
+
     async def analyze(self, request: AnalysisRequest) -> AnalysisResult:
         """Decide what to do; never raise (return a safe default with ``error`` set)."""
         ...
