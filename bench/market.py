@@ -19,6 +19,7 @@ import json
 import platform
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,52 +68,45 @@ def bench_run_batched(repeats: int) -> dict[str, Any]:
     return {"events": events, "seconds": _best(times), "events_per_s": events / _best(times)}
 
 
-def bench_per_event(repeats: int) -> dict[str, Any]:
+def _timed_runs(repeats: int, subscribe: Callable[[ReplayFeed, list[int]], None]) -> tuple[int, int, float]:
+    """Run a fresh feed ``repeats`` times with the handler ``subscribe(feed, counter)`` attaches
+    (it adds to ``counter[0]``); return (candles, the last run's count, best seconds)."""
     times = []
-    delivered = 0
-    events = 0
+    candles = counted = 0
     for _ in range(repeats):
         feed = _feed()
-        events = feed.candle_count()
-        count = 0
-
-        async def handler(event: MarketEvent) -> None:
-            nonlocal count
-            count += 1
-
-        feed.subscribe(handler)
+        candles = feed.candle_count()
+        counter = [0]
+        subscribe(feed, counter)
         start = time.perf_counter()
         asyncio.run(feed.run())
         times.append(time.perf_counter() - start)
-        delivered = count
-    return {
-        "candles": events,
-        "handler_calls": delivered,
-        "seconds": _best(times),
-        "events_per_s": events / _best(times),
-    }
+        counted = counter[0]
+    return candles, counted, _best(times)
+
+
+def bench_per_event(repeats: int) -> dict[str, Any]:
+    def subscribe(feed: ReplayFeed, counter: list[int]) -> None:
+        async def handler(_: MarketEvent) -> None:
+            counter[0] += 1
+
+        feed.subscribe(handler)
+
+    candles, calls, seconds = _timed_runs(repeats, subscribe)
+    return {"candles": candles, "handler_calls": calls, "seconds": seconds, "events_per_s": candles / seconds}
 
 
 def bench_rows(repeats: int) -> dict[str, Any]:
     """``run`` with one row handler (``subscribe_rows``): what the backtest runner's runtime pays."""
-    times = []
-    rows = 0
-    events = 0
-    for _ in range(repeats):
-        feed = _feed()
-        events = feed.candle_count()
-        count = 0
 
+    def subscribe(feed: ReplayFeed, counter: list[int]) -> None:
         async def handler(_: int, instant: list[EventRow]) -> None:
-            nonlocal count
-            count += len(instant)
+            counter[0] += len(instant)
 
         feed.subscribe_rows(handler)
-        start = time.perf_counter()
-        asyncio.run(feed.run())
-        times.append(time.perf_counter() - start)
-        rows = count
-    return {"candles": events, "rows": rows, "seconds": _best(times), "events_per_s": events / _best(times)}
+
+    candles, rows, seconds = _timed_runs(repeats, subscribe)
+    return {"candles": candles, "rows": rows, "seconds": seconds, "events_per_s": candles / seconds}
 
 
 def bench_reference(repeats: int) -> dict[str, Any]:
