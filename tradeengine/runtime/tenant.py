@@ -446,14 +446,18 @@ class TenantRuntime:
                 # The exact price is the float's shortest spelling, as the event's Decimal was.
                 tickers[symbol] = TickerStats(v3, v1, round(v0, 4))
                 prices.set_float(symbol, v3, at_ms)
-                if self._pending_flips or (symbol in positions and not self._quiet(symbol, v3)):
+                if self._pending_flips:
                     await self._on_ticker(symbol)
+                elif symbol in positions and not self._quiet(symbol, v3):
+                    await self._monitor_symbol(symbol)  # _on_ticker without pending flips
                 continue
-            if self._pending_orders or self._pending_flips or (symbol in positions and not self._quiet(symbol, v3)):
+            if self._pending_orders or self._pending_flips:
                 await self._on_candle(symbol, open_time, v3)
-            else:
+            else:  # _on_candle without pending orders or flips
                 prices.set_float(symbol, v3, open_time)
                 self._last_kline_ms = open_time
+                if symbol in positions and not self._quiet(symbol, v3):
+                    await self._monitor_symbol(symbol)
             if kind == ROW_CLOSE and self._accepting:
                 key = (symbol, timeframe)
                 if key in self._check_subs or key in self._reanalysis_subs or self._settle_needed:
