@@ -25,6 +25,11 @@ class UpdateResult(IntEnum):
     IGNORED = 5  # older than everything a full window keeps
 
 
+def _buffer_length(capacity: int) -> int:
+    """Rows of an own buffer: the capacity plus slack, so compaction is amortized (see _Series)."""
+    return capacity + max(capacity // 4, 16)
+
+
 class _Series:
     """One (symbol, timeframe): columns in a buffer of ``capacity + slack`` rows.
 
@@ -64,7 +69,7 @@ class _Series:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self.buflen = capacity + max(capacity // 4, 16)
+        self.buflen = _buffer_length(capacity)
         self.start = 0
         self.end = 0
         self.last: int | None = None
@@ -117,13 +122,9 @@ class _Series:
 
     def _own(self) -> None:
         """Leave attached mode: copy the visible window into a buffer of our own."""
-        times, values, start, end = self.times, self.values, self.start, self.end
         self.attached = False
-        self.buflen = self.capacity + max(self.capacity // 4, 16)
-        self._allocate()
-        self.times[: end - start] = times[start:end]
-        self.values[:, : end - start] = values[:, start:end]
-        self.start, self.end = 0, end - start
+        self.buflen = _buffer_length(self.capacity)
+        self.compact(self.end - self.start)
 
     def compact(self, keep: int) -> None:
         """Move the newest ``keep`` rows to the start of a fresh buffer."""
