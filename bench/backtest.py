@@ -68,7 +68,7 @@ async def bench_feed_only(end_ms: int, start_ms: int | None) -> dict[str, Any]:
     }
 
 
-async def bench_runtime(end_ms: int, start_ms: int | None) -> dict[str, Any]:
+async def bench_runtime(end_ms: int, start_ms: int | None, signal_series: str) -> dict[str, Any]:
     found = example("bollinger_breakout")
     spec = TraderSpec(
         name=found.name,
@@ -86,6 +86,7 @@ async def bench_runtime(end_ms: int, start_ms: int | None) -> dict[str, Any]:
         analyst="offline",
         start=ms_to_datetime(start_ms) if start_ms is not None else None,
         end=ms_to_datetime(end_ms),
+        signal_series=signal_series,  # type: ignore[arg-type]  # argparse choices
     )
     result = await run_backtest(config)
     s = result.summary
@@ -106,6 +107,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=float, default=None, help="Replay only the last N days (default: all).")
     parser.add_argument("--repeat", type=int, default=3, help="Runs of each measurement; the best counts.")
+    parser.add_argument(
+        "--signal-series",
+        choices=("use", "verify", "off"),
+        default="use",
+        help="How the strategy's series form is used (BacktestConfig.signal_series).",
+    )
     args = parser.parse_args()
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
@@ -116,7 +123,7 @@ def main() -> None:
     runtimes: list[dict[str, Any]] = []
     for _ in range(max(args.repeat, 1)):
         feeds.append(asyncio.run(bench_feed_only(COMMON_END_MS, start_ms)))
-        runtimes.append(asyncio.run(bench_runtime(COMMON_END_MS, start_ms)))
+        runtimes.append(asyncio.run(bench_runtime(COMMON_END_MS, start_ms, args.signal_series)))
     outcome = ("candles", "signals", "analyses", "trades", "total_return")
     if any(tuple(r[k] for k in outcome) != tuple(runtimes[0][k] for k in outcome) for r in runtimes):
         raise SystemExit(f"repetitions traded differently: {[{k: r[k] for k in outcome} for r in runtimes]}")
@@ -131,6 +138,7 @@ def main() -> None:
             "symbols": list(SYMBOLS),
             "timeframe": "5m",
             "strategy": "bollinger_breakout (example)",
+            "signal_series": args.signal_series,
             "analyst": "offline rules",
             "database": "sqlite",
             "days": args.days or "full files",

@@ -183,7 +183,8 @@ def test_row_cache_gives_kline_rows_for_every_window_and_keeps_its_candles() -> 
 @pytest.mark.parametrize("length", [0, 2, 3, 50, 150])
 def test_rows_kept_market_data_is_the_full_one_cut_and_its_candles_are_the_rows(length: int) -> None:
     """For an analyst that reads candle columns only the newest rows are formatted: everything
-    else is the full market data's, and ``newest_candles`` is what parsing the full rows gives."""
+    else is the full market data's, and the candles the runtime hands over (``KlineStore.lasting_klines``)
+    are what parsing the full rows gives."""
     columns = [c.copy() for c in _series(max(length, 1), 4)]
     columns[2][-1] = -0.0
     klines = {"5m": Klines.from_arrays(*(c[:length] for c in columns)), "1h": Klines.from_arrays(*_series(40, 5))}
@@ -193,7 +194,9 @@ def test_rows_kept_market_data_is_the_full_one_cut_and_its_candles_are_the_rows(
     for tf, rows in full["klines"].items():
         assert cut["klines"][tf] == rows[-3:]
         parsed = market_data.klines_from_market_data(full, tf)
-        copies = market_data.newest_candles(klines[tf], 100)
+        store = KlineStore()
+        _fill(store, tf, klines[tf])
+        copies = store.lasting_klines("BTC/USDT", tf, 100)
         for name in ("open_time", "open", "high", "low", "close", "volume"):
             assert getattr(copies, name).tobytes() == getattr(parsed, name).tobytes()
     assert {k: v for k, v in cut.items() if k != "klines"} == {k: v for k, v in full.items() if k != "klines"}
@@ -321,3 +324,25 @@ def test_row_cache_formats_only_the_candles_it_has_not_seen(monkeypatch: pytest.
     store.update("BTC/USDT", "5m", int(view.open_time[-1]), 1.0, 2.0, 0.5, 1.5, 7.0)  # the newest candle changes
     cache.rows("BTC/USDT", "5m", view, 300_000, len(view) - 100)
     assert formatted == [100, 12, 1]
+
+
+def test_lasting_klines_are_views_of_attached_histories_and_copies_otherwise() -> None:
+    history = Klines.from_arrays(*_series(300, 6))
+    attached, owned = KlineStore(), KlineStore()
+    attached.attach("BTC/USDT", "5m", history, 200)
+    _fill(owned, "5m", history)
+    assert attached.lasting_klines("BTC/USDT", "5m", 50).open_time.tobytes() == history.open_time[150:200].tobytes()
+    assert owned.lasting_klines("BTC/USDT", "5m", 50).open_time.tobytes() == history.open_time[250:].tobytes()
+    view = attached.lasting_klines("BTC/USDT", "5m", 50)
+    # Nothing copied: an attached history never changes.
+    assert np.shares_memory(view.close, attached.klines("BTC/USDT", "5m", 50).close)
+    copy = owned.lasting_klines("BTC/USDT", "5m", 50)
+    before = copy.close.copy()
+    newest = int(history.open_time[-1])
+    owned.update("BTC/USDT", "5m", newest, 9.0, 9.0, 9.0, 9.0, 9.0)  # the open candle, in place
+    assert np.array_equal(copy.close, before)
+    assert len(KlineStore().lasting_klines("BTC/USDT", "5m", 10)) == 0
+
+
+def _fill(store: KlineStore, timeframe: str, k: Klines) -> None:
+    store.extend("BTC/USDT", timeframe, k.open_time, k.open, k.high, k.low, k.close, k.volume)

@@ -64,7 +64,7 @@ def build_market_data(
     missing last price falls back to the newest primary close. With ``rows_cache`` the rows of
     candles formatted by an earlier call are reused (same rows, see ``KlineRowCache``).
     ``rows_kept`` formats only that many of the newest rows per timeframe, for a caller whose
-    analyst reads the candles as columns (``newest_candles``) and not the rows; indicators still
+    analyst reads the candles as columns (``AnalysisRequest.candles``) and not the rows; indicators still
     use every candle given.
     """
     if limit < 1:
@@ -104,13 +104,6 @@ def build_market_data(
         "klines": klines_json,
         "calculatedIndicators": indicators,
     }
-
-
-def newest_candles(klines: Klines, limit: int) -> Klines:
-    """Copies of the newest ``limit`` candles: what ``build_market_data`` formats into rows (and
-    what parsing those rows gives back), fixed while the store's views move on."""
-    first = max(len(klines) - limit, 0)
-    return Klines.from_arrays(*(getattr(klines, name)[first:] for name in _COLUMNS))
 
 
 def kline_rows(klines: Klines, timeframe_step_ms: int) -> list[list[Any]]:

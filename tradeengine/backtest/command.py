@@ -136,6 +136,14 @@ def backtest_command(
         str | None,
         typer.Option("--database", help="Run against this database (kept) instead of a throwaway SQLite file."),
     ] = None,
+    signal_series: Annotated[
+        str,
+        typer.Option(
+            "--signal-series",
+            help="A strategy's series form: use (check_signal only where it says maybe, audited), "
+            "verify (check every close, fail on any disagreement) or off.",
+        ),
+    ] = "use",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
 ) -> None:
     """Backtest a strategy on history through the tenant runtime (SimClock, replay feed, paper broker)."""
@@ -153,6 +161,8 @@ def backtest_command(
             raise BacktestError(f"--analyst: must be one of {', '.join(ANALYSTS)}, got {analyst!r}")
         if policy not in ("rules", "always_open"):
             raise BacktestError(f"--policy: must be rules or always_open, got {policy!r}")
+        if signal_series not in ("use", "verify", "off"):
+            raise BacktestError(f"--signal-series: must be use, verify or off, got {signal_series!r}")
         tf = split_list(timeframes)
         if strategy is not None:
             spec = strategy_spec(strategy, tf, check_interval, ai_instructions)
@@ -172,6 +182,7 @@ def backtest_command(
             analyst_policy=policy,  # type: ignore[arg-type]
             database_url=database,
             cache_path=out / "analysis-cache.jsonl",
+            signal_series=signal_series,  # type: ignore[arg-type]
         )
         if config.balance <= 0:
             raise BacktestError("--balance: must be positive")
@@ -186,6 +197,8 @@ def backtest_command(
             **result.summary.to_dict(),
             "files": files.as_dict(),
             "candlesPerSecond": round(result.candles_per_second, 1),
+            "strategyChecks": result.checks,
+            "closesAnsweredBySeriesForm": result.series_skips,
         }
         typer.echo(json.dumps(payload, indent=2))
         return

@@ -24,10 +24,11 @@ from typing import Any, Literal
 from tradeengine.ai.analyst import Analyst
 from tradeengine.backtest.errors import BacktestError
 from tradeengine.backtest.metrics import EquityCurve, Fill, MarkSeries, Summary, TradeRecord, summarize
-from tradeengine.clock import SimClock, datetime_to_ms
+from tradeengine.clock import SimClock, datetime_to_ms, ms_to_datetime
 from tradeengine.exchange.events import ROW_CLOSE, EventRow
 from tradeengine.exchange.symbols import timeframe_ms, to_unified
 from tradeengine.indicators.klines import Klines
+from tradeengine.runtime.bootstrap import SERIES_AUDIT_EVERY
 from tradeengine.runtime.heap import frozen_heap
 
 AnalystName = Literal["offline", "cached", "gemini"]
@@ -83,6 +84,10 @@ class BacktestConfig:
     database_url: str | None = None  # None: a throwaway SQLite file, deleted afterwards
     keep_database: bool = False
     cache_path: Path | None = None  # analyst "cached": where answers are kept between runs
+    # Strategies with a series form (signal_series): "use" skips check_signal where it says no
+    # (auditing a sample of those closes), "verify" checks every close anyway and fails on any
+    # disagreement, "off" ignores it.
+    signal_series: Literal["use", "verify", "off"] = "use"
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +117,8 @@ class BacktestResult:
     candles: int  # candle closes delivered
     replay_seconds: float  # wall time of the replay through the runtime
     total_seconds: float  # including setup, migrations and reading results back
+    checks: int = 0  # check_signal calls
+    series_skips: int = 0  # closes a series form answered without a check_signal call
 
     @property
     def candles_per_second(self) -> float:
@@ -163,6 +170,21 @@ def load_series(data_dir: Path, symbol: str, timeframe: str) -> Klines:
         )
     source = divisors[-1]
     return resample(load_candles(data_path(data_dir, to_unified(symbol), source)), source, timeframe)
+
+
+_SERIES_AUDIT = {"use": SERIES_AUDIT_EVERY, "verify": 1, "off": 0}
+
+
+def _disagreement_message(found: Sequence[tuple[uuid.UUID, str, int]], names: Mapping[uuid.UUID, str]) -> str:
+    trader_id, symbol, open_ms = found[0]
+    when = ms_to_datetime(open_ms).strftime("%Y-%m-%d %H:%M UTC")
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return (
+        f"strategy {names.get(trader_id, trader_id)!r}: check_signal matched on {symbol} at the candle "
+        f"opening {when} where signal_series said no{more}. Closes signal_series ruled out are not "
+        "checked, so signals may have been missed and no results are reported. Make signal_series "
+        "true wherever check_signal can be, or run with --signal-series off."
+    )
 
 
 def _first_open_ms(config: BacktestConfig, symbols: Sequence[str]) -> int:
@@ -461,6 +483,7 @@ async def run_backtest(
             start_feed=False,
             feed_factory=replay_feed,
             write_behind=write_behind,
+            series_audit_every=_SERIES_AUDIT[config.signal_series],
         ) as tenant:
             runtime = tenant.runtime
             wanted = runtime.subscriptions()
@@ -505,8 +528,12 @@ async def run_backtest(
                 await feed.run()
                 await runtime.flush()
             replay_ended = time.perf_counter()
+            if runtime.series_disagreements:
+                names = {tid: trader.name for tid, trader in runtime.state.traders.items()}
+                raise BacktestError(_disagreement_message(runtime.series_disagreements, names))
             closed = feed.status().candles_closed
             counts["closed"] = closed
+            checks, series_skips = runtime.counters.checks, runtime.counters.series_skips
             if progress is not None:
                 progress(snapshot())
         trades, fills, signals, analyses = await read_results(url, user_id)
@@ -541,6 +568,8 @@ async def run_backtest(
             candles=closed,
             replay_seconds=replay_ended - replay_started,
             total_seconds=time.perf_counter() - started,
+            checks=checks,
+            series_skips=series_skips,
         )
     finally:
         if owned is not None:

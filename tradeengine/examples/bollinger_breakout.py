@@ -14,3 +14,13 @@ def check_signal(symbol, ticker, klines):
     width = (upper - lower) / middle
     # Breakouts out of a tight range only; wide bands mean the move already happened.
     return candles.close[-1] > upper and volume > 2.0 * average and width < 0.03
+
+
+def signal_series(symbol, klines):
+    # The same condition for every close of a replay at once (backtests skip check_signal where
+    # this is false). The ta helpers give, close by close, what the get_latest_* helpers give.
+    candles = klines["5m"]
+    upper, middle, lower = ta.bollinger_bands(candles, 20, 2.0)
+    average = ta.sma(candles.volume, 20)
+    width = (upper - lower) / middle
+    return (candles.close > upper) & (candles.volume > 2.0 * average) & (width < 0.03)

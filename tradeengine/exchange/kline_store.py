@@ -325,12 +325,40 @@ class KlineStore:
         series.attach(history.open_time, values, visible)
         return series.advance
 
+    def attached_history(self, symbol: str, timeframe: str) -> Klines | None:
+        """The whole history an attached series serves (revealed or not yet), or None when the
+        series is not attached. A replay's series form reads it once (see ``attached_index``)."""
+        series = self._get(symbol, timeframe)
+        if series is None or not series.attached:
+            return None
+        return Klines(series.times, *series.values)
+
+    def attached_index(self, symbol: str, timeframe: str, times: IntArray) -> int:
+        """Index in ``times`` (an ``attached_history``'s open times) of the series' newest
+        candle, or -1 when the series no longer serves that history."""
+        series = self._series.get((symbol, timeframe))
+        if series is None or not series.attached or series.times is not times:
+            return -1
+        return series.end - 1
+
     def klines(self, symbol: str, timeframe: str, count: int | None = None) -> Klines:
         """Return a zero-copy, read-only view of the last ``count`` candles (all when None)."""
         series = self._get(symbol, timeframe)
         if series is None:
             return Klines.empty()
         return series.view(count)
+
+    def lasting_klines(self, symbol: str, timeframe: str, count: int) -> Klines:
+        """The newest ``count`` candles as they are now, for work that outlives this instant (an
+        analysis): a view of an attached series (its history never changes), else a copy (the
+        open candle is updated in place)."""
+        series = self._get(symbol, timeframe)
+        if series is None:
+            return Klines.empty()
+        view = series.view(count)
+        if series.attached:
+            return view
+        return Klines.from_arrays(view.open_time, view.open, view.high, view.low, view.close, view.volume)
 
     def last_open_time(self, symbol: str, timeframe: str) -> int | None:
         """Open time of the newest candle, or None when the series is empty."""

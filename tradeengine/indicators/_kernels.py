@@ -873,6 +873,53 @@ def last_min(x: FloatArray, period: int) -> float:
     return best
 
 
+# ------------------------------------------------------------------ per-close windows, all at once
+# ``signal_series`` (the vectorized strategy form) asks for every close's newest-window value in
+# one call. Each kernel below applies the newest-window kernel to each window in turn, so value i
+# is bit for bit what the helper returns for a view ending at candle i (fastmath is off, so the
+# compiler keeps every operation and its order).
+
+
+@_jit
+def window_sums(x: FloatArray, period: int) -> FloatArray:
+    """Value i: ``last_sum(x[: i + 1], period)``; NaN before the first full window."""
+    n = len(x)
+    out = np.full(n, np.nan)
+    for i in range(period - 1, n):
+        out[i] = last_sum(x[i - period + 1 : i + 1], period)
+    return out
+
+
+@_jit
+def window_bbands(x: FloatArray, period: int, std_dev: float) -> Triple:
+    """Value i: ``last_bbands(x[: i + 1], period, std_dev)``; NaN before the first full window."""
+    n = len(x)
+    upper, middle, lower = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    for i in range(period - 1, n):
+        upper[i], middle[i], lower[i] = last_bbands(x[i - period + 1 : i + 1], period, std_dev)
+    return upper, middle, lower
+
+
+@_jit
+def window_max(x: FloatArray, period: int) -> FloatArray:
+    """Value i: ``last_max(x[: i + 1], period)``; NaN before the first full window."""
+    n = len(x)
+    out = np.full(n, np.nan)
+    for i in range(period - 1, n):
+        out[i] = last_max(x[i - period + 1 : i + 1], period)
+    return out
+
+
+@_jit
+def window_min(x: FloatArray, period: int) -> FloatArray:
+    """Value i: ``last_min(x[: i + 1], period)``; NaN before the first full window."""
+    n = len(x)
+    out = np.full(n, np.nan)
+    for i in range(period - 1, n):
+        out[i] = last_min(x[i - period + 1 : i + 1], period)
+    return out
+
+
 @_jit_short
 def last_max_min(high: FloatArray, low: FloatArray, period: int) -> tuple[float, float]:
     """``last_max(high)`` and ``last_min(low)`` in one call (Donchian's upper and lower)."""
@@ -1084,6 +1131,10 @@ def warm_up() -> None:
     window_extremes(x, x, 2)
     vwap(x, x, x, x)
     volume_change(x, 2)
+    window_sums(x, 2)
+    window_bbands(x, 2, 2.0)
+    window_max(x, 2)
+    window_min(x, 2)
     latest_market_indicators(x, x, x, x, 0, 0, MARKET_PERIODS)
 
 

@@ -56,6 +56,8 @@ class RuntimeCounters:
     """Plain counters the runtime bumps on its hot path (ints, no locks: one event loop)."""
 
     checks: int = 0  # strategy evaluations (trader x symbol)
+    series_skips: int = 0  # replay closes the series form answered without a check_signal call
+    series_errors: int = 0  # series forms that failed (their pairs are checked every close)
     triggers: int = 0  # evaluations that matched
     signals_created: int = 0
     signals_suppressed: int = 0  # matched while the trader+symbol already had an active signal

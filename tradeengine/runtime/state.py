@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
 
 from tradeengine.domain.decisions import PositionBook, SizingPolicy
 from tradeengine.domain.enums import PositionSide, SignalStatus
@@ -25,6 +28,26 @@ class Strategy(Protocol):
     """What the sandbox hands back for a trader's code."""
 
     def check_signal(self, symbol: str, ticker: Mapping[str, Any], klines: Mapping[str, Klines]) -> bool: ...
+
+
+@runtime_checkable
+class SeriesStrategy(Strategy, Protocol):
+    """A strategy that may also answer for a whole replay at once (``sandbox.CompiledStrategy``)."""
+
+    @property
+    def has_series(self) -> bool: ...
+
+    def signal_series(self, symbol: str, timeframe: str, history: Klines, window: int) -> NDArray[np.bool_]: ...
+
+
+@dataclass(slots=True)
+class SeriesGate:
+    """A trader's series-form answers for one symbol's replay (``RuntimeConfig.series_audit_every``):
+    ``mask[i]`` is False where the close of ``times[i]`` needs no ``check_signal`` call."""
+
+    times: NDArray[np.int64]
+    mask: NDArray[np.bool_]
+    unaudited: int = 0  # closes skipped since the last audit
 
 
 @dataclass(slots=True)
@@ -46,6 +69,8 @@ class TraderRuntime:
     consecutive_errors: int = 0
     running: bool = False  # a check is in progress (skip-if-running)
     failed: bool = False  # moved to status error; no more checks
+    # symbol -> the series form's answers for a replay (None: check every close); filled lazily.
+    series_gates: dict[str, SeriesGate | None] = field(default_factory=dict)
 
     @property
     def primary_timeframe(self) -> str:

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 from loguru import logger
 
 from tradeengine.ai.analyst import AnalysisRequest, AnalysisResult, Analyst, PositionSnapshot
-from tradeengine.ai.market_data import KlineRowCache, build_market_data, newest_candles
+from tradeengine.ai.market_data import KlineRowCache, build_market_data
 from tradeengine.clock import Clock, SimClock
 from tradeengine.domain.decisions import HUNDRED, PositionBook, SizingPolicy
 from tradeengine.domain.enums import (
@@ -56,6 +56,8 @@ from tradeengine.runtime.scheduler import Scheduler
 from tradeengine.runtime.state import (
     LivePosition,
     LiveSignal,
+    SeriesGate,
+    SeriesStrategy,
     Strategy,
     TenantState,
     TraderRuntime,
@@ -76,6 +78,20 @@ class TickerStats(NamedTuple):
     last: float
     volume_24h: float
     change_24h: float  # percent
+    # False: a replay row's raw change, which the event it stands for carries rounded to 4
+    # places; rounded when read (``change``), as a replay writes one per candle and reads few.
+    rounded: bool = True
+
+    @property
+    def change(self) -> float:
+        return self.change_24h if self.rounded else round(self.change_24h, 4)
+
+
+_new_tuple = tuple.__new__  # TickerStats from a tuple without the generated __new__ (per-candle path)
+
+
+# Verdicts of the series form for one close (see TenantRuntime._series_verdict).
+_CHECK, _SKIP, _AUDIT = object(), object(), object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +105,10 @@ class RuntimeConfig:
     # the next monitor interval: restarts resume trailing from (nearly) the true best price.
     extreme_save_fraction: float = 0.002
     settle_analyses: bool = False  # replay/backtest: finish analyses before the next event
+    # Replays of attached series: a strategy with a series form (signal_series) answers for every
+    # close at once and check_signal runs only where it says "maybe", plus every Nth other close
+    # as an audit (a match there is a disagreement, see ``series_disagreements``). 0: off (live).
+    series_audit_every: int = 0
     queue: QueueConfig = field(default_factory=QueueConfig)
     quote_asset: str = "USDT"
     trade_type: TradeType = TradeType.PAPER
@@ -142,6 +162,9 @@ class TenantRuntime:
         self._kline_rows = KlineRowCache()
         self.signal_latency_ms = Histogram(buckets=(0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
         self._check_subs: dict[tuple[str, str], list[TraderRuntime]] = {}
+        self._series_on = self.config.series_audit_every > 0  # replays: see TraderRuntime.series_gates
+        # Closes where check_signal matched although signal_series said no: (trader, symbol, open time).
+        self.series_disagreements: list[tuple[uuid.UUID, str, int]] = []
         self._reanalysis_subs: dict[tuple[str, str], list[TraderRuntime]] = {}
         self._pending_orders: dict[str, list[Order]] = {}
         # Flips whose close committed but whose open intent did not (crash in between), by symbol.
@@ -442,9 +465,9 @@ class TenantRuntime:
         prices, tickers, positions = self.prices, self.tickers, self.state.positions_by_symbol
         for symbol, timeframe, kind, open_time, v0, v1, _, v3, _ in rows:
             if kind == ROW_TICKER:
-                # What the TickerUpdated would carry: last, volume, change rounded to 4 places.
-                # The exact price is the float's shortest spelling, as the event's Decimal was.
-                tickers[symbol] = TickerStats(v3, v1, round(v0, 4))
+                # What the TickerUpdated would carry: last, volume, change rounded to 4 places
+                # (when read). The exact price is the float's shortest spelling, as the event's was.
+                tickers[symbol] = _new_tuple(TickerStats, (v3, v1, v0, False))
                 prices.set_float(symbol, v3, at_ms)
                 if self._pending_flips:
                     await self._on_ticker(symbol)
@@ -493,15 +516,21 @@ class TenantRuntime:
             started = time.perf_counter()
             shared: dict[Any, Any] = {}  # one set of frozen views per close, shared by its traders
             matches: list[tuple[TraderRuntime, str]] = []
+            series_on = self._series_on
             for trader in traders:
                 if trader.failed:
                     continue
                 if trader.running:
                     self.counters.skipped_busy += 1
                     continue
+                verdict = self._series_verdict(trader, symbol, timeframe) if series_on else _CHECK
+                if verdict is _SKIP:
+                    continue
                 if self.state.has_active_signal(trader.id, symbol):
                     continue  # dedup: no second signal while one is new/watching/position_open
                 if self._evaluate(trader, symbol, shared):
+                    if verdict is _AUDIT:
+                        self._series_disagreed(trader, symbol, timeframe)
                     matches.append((trader, symbol))
             if matches:
                 await self._create_signals(matches, timeframe, started)
@@ -512,6 +541,60 @@ class TenantRuntime:
         if self._settle_needed:
             self._settle_needed = False
             await self.queue.join()
+
+    def _series_verdict(self, trader: TraderRuntime, symbol: str, timeframe: str) -> object:
+        """Whether this close of ``timeframe`` needs ``check_signal``: _CHECK, _SKIP, or _AUDIT
+        (a skippable close checked anyway, every ``series_audit_every``-th one)."""
+        gates = trader.series_gates
+        try:
+            gate = gates[symbol]
+        except KeyError:
+            gate = gates[symbol] = self._series_gate(trader, symbol, timeframe)
+        if gate is None:
+            return _CHECK
+        index = self.store.attached_index(symbol, timeframe, gate.times)
+        if index < 0:  # the series left attached mode: its history is no longer what the gate read
+            gates[symbol] = None
+            return _CHECK
+        if gate.mask[index]:
+            return _CHECK
+        gate.unaudited += 1
+        if gate.unaudited < self.config.series_audit_every:
+            self.counters.series_skips += 1
+            return _SKIP
+        gate.unaudited = 0
+        return _AUDIT
+
+    def _series_gate(self, trader: TraderRuntime, symbol: str, timeframe: str) -> SeriesGate | None:
+        """Run the trader's series form over the symbol's whole attached history, once."""
+        strategy = trader.strategy
+        if not isinstance(strategy, SeriesStrategy) or not strategy.has_series or trader.timeframes != (timeframe,):
+            return None  # the series form decides on one timeframe, the one whose closes it answers
+        history = self.store.attached_history(symbol, timeframe)
+        if history is None:
+            return None
+        window = min(self.config.kline_limit, self.store.capacity)  # what check_signal's view holds
+        try:
+            mask = strategy.signal_series(symbol, timeframe, history, window)
+        except Exception as exc:
+            self.counters.series_errors += 1
+            logger.warning("trader {}: signal_series failed on {} ({}); checking every close", trader.name, symbol, exc)
+            return None
+        return SeriesGate(history.open_time, mask)
+
+    def _series_disagreed(self, trader: TraderRuntime, symbol: str, timeframe: str) -> None:
+        """check_signal matched where signal_series said no: closes skipped before may have been
+        missed, so this is recorded (a backtest fails on it) and the pair checks every close from now."""
+        open_time = self.store.last_open_time(symbol, timeframe) or 0
+        self.series_disagreements.append((trader.id, symbol, open_time))
+        logger.warning(
+            "trader {}: signal_series said no at the {} close of {} (open {}) but check_signal matched",
+            trader.name,
+            timeframe,
+            symbol,
+            open_time,
+        )
+        trader.series_gates[symbol] = None
 
     async def _run_check(self, trader: TraderRuntime) -> None:
         """A fixed-interval timer firing: evaluate every symbol of the trader."""
@@ -586,7 +669,7 @@ class TenantRuntime:
         last = self.prices.last.get(symbol)
         if ticker is None:
             return freeze_basic_ticker(last, None, None)
-        return freeze_basic_ticker(last if last is not None else ticker.last, ticker.volume_24h, ticker.change_24h)
+        return freeze_basic_ticker(last if last is not None else ticker.last, ticker.volume_24h, ticker.change)
 
     def _ticker(self, symbol: str) -> dict[str, Any]:
         ticker = self.tickers.get(symbol)
@@ -597,7 +680,7 @@ class TenantRuntime:
             "symbol": symbol,
             "lastPrice": last if last is not None else ticker.last,
             "volume24h": ticker.volume_24h,
-            "priceChange24h": ticker.change_24h,
+            "priceChange24h": ticker.change,
         }
 
     async def _create_signal(
@@ -729,8 +812,10 @@ class TenantRuntime:
             trader_settings=trader.settings,
             candle_key=int(primary_klines.open_time[-1]) if len(primary_klines) else None,
             candles={
-                tf: self._kline_rows.candles(signal.symbol, tf) if reads_rows else newest_candles(view, limit)
-                for tf, view in klines.items()
+                tf: self._kline_rows.candles(signal.symbol, tf)
+                if reads_rows
+                else self.store.lasting_klines(signal.symbol, tf, limit)
+                for tf in klines
             },
         )
 

@@ -19,6 +19,7 @@ from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack
 
 from tradeengine.indicators.klines import Klines
 from tradeengine.sandbox.limits import BIG_ITEMS, Budget, SandboxLimits
+from tradeengine.sandbox.series import SERIES_METHODS, TA, Series, SeriesCandles
 from tradeengine.sandbox.values import (
     COLUMN_METHODS,
     COLUMN_VIEWS,
@@ -351,6 +352,12 @@ def build_namespace(
             members = obj.members()
             if name in members:
                 return members[name]
+        elif t is Series:
+            if name in SERIES_METHODS:
+                return getattr(obj, name)
+        elif t is SeriesCandles:
+            if name in KLINES_COLUMNS:
+                return obj.column(name)
         else:
             allowed = ALLOWED_ATTRIBUTES.get(t)
             if allowed is not None and name in allowed:
@@ -529,6 +536,7 @@ def build_namespace(
         "len": len,
         "range": range,
         "math": MATH,
+        "ta": TA,
         "all": _all,
         "any": _any,
         "dict": _dict,

@@ -11,15 +11,20 @@ from functools import cache
 from types import FunctionType, TracebackType
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from tradeengine.indicators.klines import Klines
 from tradeengine.sandbox.errors import StrategyCompileError, StrategyRuntimeError
 from tradeengine.sandbox.guards import Output, build_namespace, builtin_names, is_immutable
 from tradeengine.sandbox.limits import Budget, LimitExceeded, SandboxLimits, monotonic
 from tradeengine.sandbox.policy import check_free_names, instrument, restricted_ast
+from tradeengine.sandbox.series import series_klines, signal_mask
 from tradeengine.sandbox.values import FROZEN, MATH, freeze_klines, freeze_ticker, safe_repr
 
 FILENAME = "<strategy>"
 ENTRY_POINTS = ("check_signal", "checkSignal")
+SERIES_ENTRY_POINTS = ("signal_series", "signalSeries")
 _MAX_MESSAGE = 500
 
 
@@ -78,11 +83,13 @@ class CompiledStrategy:
         budget: Budget,
         output: Output,
         limits: SandboxLimits,
+        series_function: FunctionType | None = None,
     ) -> None:
         self.source = source
         self.entry_point = entry_point
         self.limits = limits
         self._function = function
+        self._series_function = series_function
         self._budget = budget
         self._output = output
         # The right to run, as one item: list.pop and list.append are atomic, so whoever pops it
@@ -142,6 +149,57 @@ class CompiledStrategy:
         if type(result) is bool:
             return result
         return self._truth(result)
+
+    @property
+    def has_series(self) -> bool:
+        """Whether the strategy defines the series form, ``signal_series(symbol, klines)``."""
+        return self._series_function is not None
+
+    def signal_series(self, symbol: str, timeframe: str, history: Klines, window: int) -> NDArray[np.bool_]:
+        """Run ``signal_series`` once over a whole history of one timeframe: one bool per candle,
+        True where the strategy says its check may match at that candle's close.
+
+        ``window`` is how many candles ``check_signal`` sees per timeframe at a close (the ``ta``
+        helpers give what the ``get_latest_*`` helpers give on such a view). The time budget is
+        the per-call one for every ``window`` candles. Raises StrategyRuntimeError as
+        ``check_signal`` does, and ValueError when the strategy has no series form.
+        """
+        function = self._series_function
+        if function is None:
+            raise ValueError("the strategy defines no signal_series")
+        if type(window) is not int or window < 1:
+            raise ValueError("window must be a positive whole number")
+        length = len(history.close)
+        turn = self._turn
+        try:
+            turn.pop()
+        except IndexError:
+            self._wait_turn()
+        budget = self._budget
+        per_call = budget.time_limit_s
+        budget.time_limit_s = per_call * max(1.0, length / window)
+        try:
+            budget.start()
+            try:
+                klines = series_klines(timeframe, history, window, budget)
+                result = function(symbol, klines)
+                if budget.tripped:
+                    raise LimitExceeded(budget.kind, budget.message)
+                budget.check_time(monotonic())
+                return signal_mask(result, length)
+            except LimitExceeded as exc:
+                raise self._runtime_error(exc, exc.__traceback__) from None
+            except (Exception, RecursionError, MemoryError) as exc:
+                raise self._runtime_error(exc, exc.__traceback__) from None
+            finally:
+                self.last_output = self._output.take() if self._output.size or self._output.truncated else ""
+                budget.depth = 0
+        finally:
+            budget.time_limit_s = per_call
+            turn.append(True)
+            if self._waiting:
+                with self._turn_free:
+                    self._turn_free.notify()
 
     def _wait_turn(self) -> None:
         """Block until the call running on another thread hands the turn back.
@@ -276,7 +334,18 @@ def compile_strategy(
             _with_line("check_signal must take three arguments: symbol, ticker, klines", code_obj.co_firstlineno),
             code_obj.co_firstlineno,
         )
-    return CompiledStrategy(source, function, entry or ENTRY_POINTS[0], budget, output, limits)
+    series = next((name for name in SERIES_ENTRY_POINTS if name in namespace and name not in initial), None)
+    series_function = namespace.get(series) if series else None
+    if series is not None:
+        if not isinstance(series_function, FunctionType) or series_function.__code__.co_filename != FILENAME:
+            raise StrategyCompileError(f"{series} must be a function signal_series(symbol, klines)")
+        series_code = series_function.__code__
+        if series_code.co_argcount != 2 and not series_code.co_flags & 0x04:
+            raise StrategyCompileError(
+                _with_line(f"{series} must take two arguments: symbol, klines", series_code.co_firstlineno),
+                series_code.co_firstlineno,
+            )
+    return CompiledStrategy(source, function, entry or ENTRY_POINTS[0], budget, output, limits, series_function)
 
 
 def _first_line(errors: list[str]) -> int | None:
