@@ -33,6 +33,7 @@ from tradeengine.runtime.heartbeat import Heartbeat
 from tradeengine.runtime.journal import DurableWriter, Journal
 from tradeengine.runtime.tenant import RuntimeConfig, StrategyCompiler, TenantRuntime
 from tradeengine.settings import AnalystKind, BrokerKind, FeedKind, Settings
+from tradeengine.store.committer import ProcessCommitter
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -342,7 +343,10 @@ async def build_tenant(
         except BaseException:
             await engine.dispose()
             raise
-    writer = DurableWriter(factory, Journal(settings.journal_path), clock, write_behind=write_behind)
+    # Write-behind merges are committed by a child process, beside the replay (see store.committer).
+    committer = ProcessCommitter(settings.database_url) if write_behind > 0 else None
+    journal = Journal(settings.journal_path)
+    writer = DurableWriter(factory, journal, clock, write_behind=write_behind, committer=committer)
     store = KlineStore()
     simulated = isinstance(clock, SimClock)
     config = RuntimeConfig(

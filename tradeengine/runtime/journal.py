@@ -18,6 +18,7 @@ from sqlalchemy import exc as sa_exc
 
 from tradeengine.clock import Clock
 from tradeengine.store.batch import WriteBatch, batch_from_json, batch_to_json, coalesce, commit_batch
+from tradeengine.store.committer import ProcessCommitter
 from tradeengine.store.engine import SessionFactory
 
 
@@ -86,12 +87,16 @@ class DurableWriter:
         *,
         retry_interval_s: float = 2.0,
         write_behind: int = 0,
+        committer: ProcessCommitter | None = None,
     ) -> None:
         """``write_behind`` > 0 buffers up to that many batches and commits them in one
         transaction (backtests on a throwaway database: throughput over per-step durability);
-        0 (live) commits every batch before ``write`` returns."""
+        0 (live) commits every batch before ``write`` returns. With a ``committer`` (write-behind
+        only), full buffers are committed by its child process while this one goes on; ``flush``
+        waits for them. The writer closes the committer."""
         self._factory = factory
         self._write_behind = write_behind
+        self._committer = committer
         self._buffer: list[WriteBatch] = []
         self.journal = journal
         self._clock = clock
@@ -115,8 +120,11 @@ class DurableWriter:
         if self._write_behind:
             self._buffer.append(batch)
             if len(self._buffer) >= self._write_behind:
-                await self.flush()
+                await self._send_buffer()
             return True
+        return await self._commit(batch)
+
+    async def _commit(self, batch: WriteBatch) -> bool:
         async with self._lock:
             if self.pending == 0:
                 try:
@@ -134,16 +142,22 @@ class DurableWriter:
         return False
 
     async def flush(self) -> None:
-        """Commit buffered write-behind batches (one transaction, in order)."""
+        """Commit buffered write-behind batches (one transaction, in order) and wait for it."""
+        await self._send_buffer()
+        if self._committer is not None:
+            await self._committer.drain()
+
+    async def _send_buffer(self) -> None:
+        """Hand the buffered batches to the committer, or merge and commit them here."""
         if not self._buffer:
             return
-        merged = coalesce(self._buffer)
-        self._buffer = []
-        self._write_behind, saved = 0, self._write_behind
-        try:
-            await self.write(merged)
-        finally:
-            self._write_behind = saved
+        # Writes made while this commit is under way (other tasks) go to the next merge; the
+        # lock's FIFO order keeps merges in order.
+        buffered, self._buffer = self._buffer, []
+        if self._committer is not None:
+            self._committer.submit(buffered)
+        else:
+            await self._commit(coalesce(buffered))
 
     def _ensure_replayer(self) -> None:
         if self._replayer is None or self._replayer.done():
@@ -183,7 +197,11 @@ class DurableWriter:
                     logger.info("journal replayed; writing to the database directly again")
 
     async def close(self) -> None:
-        await self.flush()
+        try:
+            await self.flush()
+        finally:
+            if self._committer is not None:
+                await self._committer.close()
         if self._replayer is not None:
             self._replayer.cancel()
             await asyncio.gather(self._replayer, return_exceptions=True)
