@@ -204,3 +204,43 @@ async def test_same_signal_is_coalesced() -> None:
     await queue.stop()
     assert queue.stats.coalesced == 1
     assert len(analyst.calls) == 1
+
+
+async def test_join_runs_queued_tasks_itself_in_worker_order() -> None:
+    """``run_in_join``: the caller of join runs what is queued, in the order one worker would,
+    with the same results and stats, and a handler that raises does not break the join."""
+    names = [
+        ("watch-1", Priority.WATCHING),
+        ("new-1", Priority.NEW_SIGNAL),
+        ("pos-1", Priority.POSITION),
+        ("new-2", Priority.NEW_SIGNAL),
+        ("boom", Priority.POSITION),
+    ]
+    runs: dict[bool, tuple[list[str], list[str], int]] = {}
+    for run_in_join in (False, True):
+        clock = SimClock(0)
+        analyst, sink = ScriptedAnalyst(clock), Sink()
+        config = QueueConfig(concurrency=1, rate_per_minute=None, run_in_join=run_in_join)
+        queue = AnalysisQueue(analyst, clock, config)
+
+        workers: set[bool] = set()
+
+        async def result(
+            request: AnalysisRequest, answer: AnalysisResult, sink: Sink = sink, workers: set[bool] = workers
+        ) -> None:
+            task = asyncio.current_task()
+            workers.add(task is not None and task.get_name().startswith("analysis-worker"))
+            if request.ai_instructions == "boom":
+                raise RuntimeError("handler bug")
+            await sink.result(request, answer)
+
+        queue.start()
+        for name, priority in names:
+            assert queue.submit(AnalysisTask(_request(name), priority, result, sink.failure))
+        await queue.join()
+        assert not queue.depth and not queue.in_flight
+        assert workers == {not run_in_join}  # who ran the handlers: the workers, or join's caller
+        runs[run_in_join] = ([n for n, _ in analyst.calls], [n for n, _ in sink.results], queue.stats.completed)
+        await queue.stop()
+    assert runs[True] == runs[False]
+    assert runs[True][0] == ["pos-1", "boom", "new-1", "new-2", "watch-1"]

@@ -60,6 +60,10 @@ class QueueConfig:
     breaker_threshold: int = 5  # consecutive failed tasks that open the circuit
     breaker_cooldown_s: float = 60.0
     max_depth: int = 100
+    # join() runs the queued tasks itself, one at a time in the order the workers would take them,
+    # before it waits (replays with the offline analyst: the same order and results, without a
+    # round trip through the event loop per task). Workers still take whatever join does not.
+    run_in_join: bool = False
 
 
 @dataclass(slots=True)
@@ -181,7 +185,16 @@ class AnalysisQueue:
         ]
 
     async def join(self) -> None:
-        """Wait until nothing is queued or running."""
+        """Wait until nothing is queued or running (running queued tasks itself with ``run_in_join``)."""
+        if self.config.run_in_join:
+            while self._heap and self._breaker.state != "open" and self._limiter.wait_ms() <= 0:
+                task = self._take()
+                try:
+                    await self._run(task)
+                except Exception:  # a handler bug must not break the caller's settle
+                    logger.exception("analysis task for signal {} failed in its handler", task.key)
+                finally:
+                    self._done(task)
         while self._queued or self._running:
             self._idle.clear()
             await self._idle.wait()
@@ -247,11 +260,20 @@ class AnalysisQueue:
                 continue
             if not self._heap:
                 continue
-            _, _, task = heapq.heappop(self._heap)
-            self._queued.pop(task.key, None)
-            self._running.add(task.key)
-            self._limiter.take()
-            return task
+            return self._take()
+
+    def _take(self) -> AnalysisTask:
+        """Pop the most urgent task and mark it running."""
+        _, _, task = heapq.heappop(self._heap)
+        self._queued.pop(task.key, None)
+        self._running.add(task.key)
+        self._limiter.take()
+        return task
+
+    def _done(self, task: AnalysisTask) -> None:
+        self._running.discard(task.key)
+        if not self._queued and not self._running:
+            self._idle.set()
 
     async def _worker(self) -> None:
         while True:
@@ -261,9 +283,7 @@ class AnalysisQueue:
             except Exception:  # a handler bug must not kill the worker
                 logger.exception("analysis task for signal {} failed in its handler", task.key)
             finally:
-                self._running.discard(task.key)
-                if not self._queued and not self._running:
-                    self._idle.set()
+                self._done(task)
 
     async def _run(self, task: AnalysisTask) -> None:
         error = "no attempt made"

@@ -160,11 +160,13 @@ class Tenant:
 SERIES_AUDIT_EVERY = 32
 
 
-def sim_queue_config(concurrency: int = 4) -> QueueConfig:
+def sim_queue_config(concurrency: int = 4, *, run_in_join: bool = False) -> QueueConfig:
     """Queue settings for simulated time: a replay waits for its analyses at each candle, so nothing
-    in the queue may sleep on the SimClock (no rate limit, immediate retries, no breaker pause)."""
+    in the queue may sleep on the SimClock (no rate limit, immediate retries, no breaker pause).
+    ``run_in_join``: the waiting replay runs them itself (``QueueConfig.run_in_join``)."""
     return QueueConfig(
         concurrency=concurrency,
+        run_in_join=run_in_join,
         rate_per_minute=None,
         backoff_base_s=0.0,
         backoff_max_s=0.0,
@@ -355,7 +357,11 @@ async def build_tenant(
         monitor_interval_s=None if simulated else 1.0,
         settle_analyses=simulated,
         series_audit_every=series_audit_every if series_audit_every is not None else SERIES_AUDIT_EVERY * simulated,
-        queue=sim_queue_config(settings.analyses_per_user_concurrency)
+        # The offline analyst answers without waiting on anything: the replay runs its analyses
+        # itself, in queue order. A model behind a network keeps its concurrent workers.
+        queue=sim_queue_config(
+            settings.analyses_per_user_concurrency, run_in_join=settings.analyst is AnalystKind.OFFLINE
+        )
         if simulated
         else QueueConfig(
             concurrency=settings.analyses_per_user_concurrency,
