@@ -158,6 +158,17 @@ class SimClock:
         """Advance simulated time to ``when``, waking every sleeper due on the way."""
         await self.advance_to_ms(datetime_to_ms(when))
 
+    def jump_to_ms(self, target_ms: int) -> bool:
+        """Set the time to ``target_ms`` when no sleeper is due before it, without awaiting
+        anything (a replay's common case: most instants wake nobody). Returns False, changing
+        nothing, when one is: then ``await advance_to_ms(target_ms, inclusive=False)``."""
+        self._drop_cancelled()
+        if self._waiters and self._waiters[0][0] < target_ms:
+            return False
+        if target_ms > self._now_ms:
+            self._now_ms = target_ms
+        return True
+
     async def advance_to_ms(self, target_ms: int, *, inclusive: bool = True) -> None:
         """Advance simulated time to ``target_ms`` (see the class contract).
 

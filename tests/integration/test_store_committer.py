@@ -4,6 +4,7 @@ it and surfaces in the parent, and the database URL never appears on a command l
 from __future__ import annotations
 
 import asyncio
+import pickle
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from fakes.runtime_world import seed_user
 from sqlalchemy import select
 
-from tradeengine.store.batch import WriteBatch
+from tradeengine.store.batch import WriteBatch, batches_from_plain, batches_to_plain
 from tradeengine.store.committer import CommitError, ProcessCommitter
 from tradeengine.store.engine import SessionFactory, create_engine, create_session_factory
 from tradeengine.store.models import MachineEvent
@@ -86,3 +87,11 @@ async def test_the_url_is_not_on_the_command_line(postgres_url: str) -> None:
         await committer.drain()
     finally:
         await committer.close()
+
+
+def test_plain_batches_round_trip() -> None:
+    user_id = uuid.uuid4()
+    batch = event(user_id, "x")
+    batch.update("signals", uuid.uuid4(), increment={"version": 1}, status="watching")
+    again = batches_from_plain(pickle.loads(pickle.dumps(batches_to_plain([batch, rename(user_id, "y")]))))
+    assert again == [batch, rename(user_id, "y")]

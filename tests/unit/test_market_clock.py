@@ -92,3 +92,28 @@ async def test_past_deadline_returns_immediately_and_time_never_goes_back() -> N
     await clock.advance_to_ms(before - 5000)
     assert clock.now_ms() == before
     assert clock.next_deadline_ms() is None
+
+
+async def test_jump_moves_time_only_when_no_sleeper_is_due_before_the_target() -> None:
+    clock = SimClock(1_000)
+    assert clock.jump_to_ms(2_000) and clock.now_ms() == 2_000  # nobody sleeps
+    woken: list[int] = []
+
+    async def sleeper(at: int) -> None:
+        await clock.sleep_until_ms(at)
+        woken.append(clock.now_ms())
+
+    task = asyncio.create_task(sleeper(3_000))
+    await asyncio.sleep(0)
+    assert clock.jump_to_ms(3_000) and clock.now_ms() == 3_000  # due at the target: stays asleep
+    assert woken == [] and clock.pending == 1
+    assert not clock.jump_to_ms(3_001) and clock.now_ms() == 3_000  # due before: refused, unchanged
+    await clock.advance_to_ms(3_001, inclusive=False)
+    await task
+    assert woken == [3_000] and clock.now_ms() == 3_001
+    assert clock.jump_to_ms(2_500) and clock.now_ms() == 3_001  # never back
+    cancelled = asyncio.create_task(sleeper(4_000))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert clock.jump_to_ms(5_000) and clock.now_ms() == 5_000  # a cancelled sleeper is no one

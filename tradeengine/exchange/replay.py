@@ -406,6 +406,7 @@ class ReplayFeed:
         take network order), and row and event delivery see the very same store."""
         advancers = self._attach_histories()
         store, row_handlers, handlers = self._store, self._row_handlers, self._handlers
+        sim_clock = self._clock if isinstance(self._clock, SimClock) else None  # instants that wake no timer: no await
         symbols = np.array([symbol for symbol, _ in self.series], dtype=object)
         timeframes = np.array([timeframe for _, timeframe in self.series], dtype=object)
         available = self._available
@@ -436,7 +437,8 @@ class ReplayFeed:
             for at, first, last in zip(instants, cuts, cuts[1:], strict=False):
                 if self._stopped:
                     return
-                await self._move_clock(at, previous)
+                if sim_clock is None or not sim_clock.jump_to_ms(at):
+                    await self._move_clock(at, previous)
                 previous = at
                 instant = rows[first:last]
                 for k in range(first, last):

@@ -174,6 +174,7 @@ class TenantRuntime:
         self._last_kline_ms: int | None = None
         self._monitor_task: asyncio.Task[None] | None = None
         self._settle_needed = False
+        self._close_started = 0.0  # perf_counter at the current close's checks (signal latency)
         self._background: set[asyncio.Task[bool]] = set()
         # (minute, checks, triggers) cumulative samples for the seed's "last hour" metrics.
         self._samples: collections.deque[tuple[int, int, int]] = collections.deque(maxlen=64)
@@ -484,7 +485,9 @@ class TenantRuntime:
             if kind == ROW_CLOSE and self._accepting:
                 key = (symbol, timeframe)
                 if key in self._check_subs or key in self._reanalysis_subs or self._settle_needed:
-                    await self._on_candle_closed(symbol, timeframe)
+                    matches = self._check_close(symbol, timeframe)  # _on_candle_closed, in two parts
+                    if matches is not None:
+                        await self._after_close(symbol, timeframe, matches)
                 elif (minute := self.clock.now_ms() // 60_000) != self._sample_minute:
                     self._sample_counts(minute)
 
@@ -505,17 +508,27 @@ class TenantRuntime:
             await self._resume_flips(symbol)
 
     async def _on_candle_closed(self, symbol: str, timeframe: str) -> None:
+        matches = self._check_close(symbol, timeframe)
+        if matches is not None:
+            await self._after_close(symbol, timeframe, matches)
+
+    def _check_close(self, symbol: str, timeframe: str) -> list[tuple[TraderRuntime, str]] | None:
+        """The synchronous part of a candle close: metrics samples and the strategy checks.
+
+        Returns the matches when something asynchronous is due (signals to create, traders that
+        re-analyse on this close, analyses to settle), else None: most replay closes need nothing
+        more, and they skip a coroutine (``_on_candle_closed`` is the two parts in a row)."""
         if not self._accepting:
-            return
+            return None
         minute = self.clock.now_ms() // 60_000
         if minute != self._sample_minute:
             self._sample_counts(minute)
         key = (symbol, timeframe)
         traders = self._check_subs.get(key)
+        matches: list[tuple[TraderRuntime, str]] = []
         if traders:
-            started = time.perf_counter()
+            self._close_started = time.perf_counter()
             shared: dict[Any, Any] = {}  # one set of frozen views per close, shared by its traders
-            matches: list[tuple[TraderRuntime, str]] = []
             series_on = self._series_on
             for trader in traders:
                 if trader.failed:
@@ -532,9 +545,15 @@ class TenantRuntime:
                     if verdict is _AUDIT:
                         self._series_disagreed(trader, symbol, timeframe)
                     matches.append((trader, symbol))
-            if matches:
-                await self._create_signals(matches, timeframe, started)
-        reanalysers = self._reanalysis_subs.get(key)
+        if matches or self._settle_needed or key in self._reanalysis_subs:
+            return matches
+        return None
+
+    async def _after_close(self, symbol: str, timeframe: str, matches: list[tuple[TraderRuntime, str]]) -> None:
+        """The asynchronous part of a candle close (see ``_check_close``)."""
+        if matches:
+            await self._create_signals(matches, timeframe, self._close_started)
+        reanalysers = self._reanalysis_subs.get((symbol, timeframe))
         if reanalysers:
             for trader in reanalysers:
                 await self._reanalyze(trader, symbol)

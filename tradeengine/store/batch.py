@@ -137,6 +137,31 @@ async def commit_batch(factory: SessionFactory, batch: WriteBatch, *, idempotent
         await session.commit()
 
 
+# -- plain tuples, for pickling to the committer process ---------------------------------------
+
+PlainBatch = tuple[str, list[tuple[Any, ...]]]
+
+
+def batches_to_plain(batches: list[WriteBatch]) -> list[PlainBatch]:
+    """The batches as tuples of built-in values: pickled in C, about twice as fast as the frozen
+    dataclasses (whose state goes through Python-level ``__getstate__``/``__setstate__``)."""
+    return [(batch.label, [_plain(op) for op in batch.operations]) for batch in batches]
+
+
+def _plain(op: Operation) -> tuple[Any, ...]:
+    if isinstance(op, Insert):
+        return (op.table, op.values)
+    return (op.table, op.values, op.id, op.increment)
+
+
+def batches_from_plain(plain: list[PlainBatch]) -> list[WriteBatch]:
+    """``batches_to_plain``, undone."""
+    return [
+        WriteBatch(label, [Insert(*op) if len(op) == 2 else Update(op[0], op[2], op[1], op[3]) for op in ops])
+        for label, ops in plain
+    ]
+
+
 # -- JSON codec for the journal --------------------------------------------------------------
 
 

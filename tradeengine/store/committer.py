@@ -23,7 +23,7 @@ import sys
 from multiprocessing.connection import Connection
 from typing import Any
 
-from tradeengine.store.batch import WriteBatch
+from tradeengine.store.batch import WriteBatch, batches_from_plain, batches_to_plain
 
 _MAX_IN_FLIGHT = 4  # merges sent but not yet committed; bounds the child's backlog and our memory
 _MAX_ERROR = 2000
@@ -58,7 +58,7 @@ class ProcessCommitter:
         while self._in_flight >= _MAX_IN_FLIGHT:
             self._collect(block=True)
         self._raise_if_failed()
-        self._conn.send(batches)
+        self._conn.send(batches_to_plain(batches))
         self._in_flight += 1
 
     async def drain(self) -> None:
@@ -123,7 +123,7 @@ def _serve(conn: Connection) -> None:
                 conn.send(("error", failed))
                 continue
             try:
-                loop.run_until_complete(commit_batch(factory, coalesce(batches)))
+                loop.run_until_complete(commit_batch(factory, coalesce(batches_from_plain(batches))))
             except Exception as exc:
                 failed = f"{type(exc).__name__}: {exc}"[:_MAX_ERROR]
                 conn.send(("error", failed))
