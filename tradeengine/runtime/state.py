@@ -46,7 +46,7 @@ class SeriesGate:
     ``mask[i]`` is False where the close of ``times[i]`` needs no ``check_signal`` call."""
 
     times: NDArray[np.int64]
-    mask: NDArray[np.bool_]
+    mask: list[bool]  # a list: indexing it per close is a third of an ndarray's cost
     unaudited: int = 0  # closes skipped since the last audit
 
 

@@ -599,7 +599,7 @@ class TenantRuntime:
             self.counters.series_errors += 1
             logger.warning("trader {}: signal_series failed on {} ({}); checking every close", trader.name, symbol, exc)
             return None
-        return SeriesGate(history.open_time, mask)
+        return SeriesGate(history.open_time, mask.tolist())
 
     def _series_disagreed(self, trader: TraderRuntime, symbol: str, timeframe: str) -> None:
         """check_signal matched where signal_series said no: closes skipped before may have been
