@@ -207,3 +207,22 @@ def test_series_form_is_optional_and_checked_at_compile_time() -> None:
         "def signalSeries(symbol, klines):\n    return klines['1h'].close > 0\n"
     )
     assert camel.has_series
+
+
+def test_crossings_with_a_level(btc: Klines) -> None:
+    source = """
+def check_signal(symbol, ticker, klines):
+    return False
+
+def signal_series(symbol, klines):
+    c = klines["5m"]
+    return ta.crossed_below(c.close, 45000.5) | ta.crossed_above(c.close, 45000.5)
+"""
+    mask = series_of(source, btc)
+    close = btc.close
+    above = close > 45000.5
+    expected = np.zeros(len(close), dtype=bool)
+    expected[1:] = above[1:] != above[:-1]  # every crossing of the level, either way
+    # (a close exactly at the level is neither above nor below: none in the data)
+    assert not (close == 45000.5).any()
+    assert np.array_equal(mask, expected) and 10 < mask.sum() < 1000

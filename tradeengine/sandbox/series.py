@@ -231,10 +231,15 @@ def _float_input(series: Series) -> NDArray[np.float64]:
     return values if values.dtype == np.float64 else values.astype(np.float64)
 
 
+def _all_nan(series: Series) -> Series:
+    series._vet()
+    return series._new(np.full(len(series._values), math.nan))
+
+
 def _windowed(series: Series, period: int, kernel: Callable[[NDArray[np.float64], int], NDArray[np.float64]]) -> Series:
     # A view of fewer than ``period`` candles makes the newest-window helper NaN at every close.
     if period > series._window:
-        return series._new(np.full(len(series._values), math.nan))
+        return _all_nan(series)
     return series._new(kernel(_float_input(series), period))
 
 
@@ -268,9 +273,8 @@ def bollinger_bands(series: Any, period: int = 20, std_dev: float = 2.0) -> tupl
         std_dev = float(std_dev)
     if type(std_dev) is not float or not math.isfinite(std_dev):
         raise ValueError("ta.bollinger_bands(): std_dev must be a finite number")
-    n = len(s._values)
     if period > s._window:
-        return tuple(s._new(np.full(n, math.nan)) for _ in range(3))  # type: ignore[return-value]
+        return _all_nan(s), _all_nan(s), _all_nan(s)
     x = _float_input(s)
     s._vet()  # three results, one vetted with the input
     s._vet()
@@ -280,16 +284,23 @@ def bollinger_bands(series: Any, period: int = 20, std_dev: float = 2.0) -> tupl
 
 def crossed_above(left: Any, right: Any) -> Series:
     """True where ``left`` moved from <= ``right`` on the previous close to > on this one."""
-    a = _series(left, "crossed_above", "left")
-    b = right if type(right) in (int, float) else _series(right, "crossed_above", "right")
-    return (a > b) & (a.shift(1) <= (b.shift(1) if type(b) is Series else b))
+    a, b, b_before = _crossing(left, right, "crossed_above")
+    return (a > b) & (a.shift(1) <= b_before)
 
 
 def crossed_below(left: Any, right: Any) -> Series:
     """True where ``left`` moved from >= ``right`` on the previous close to < on this one."""
-    a = _series(left, "crossed_below", "left")
-    b = right if type(right) in (int, float) else _series(right, "crossed_below", "right")
-    return (a < b) & (a.shift(1) >= (b.shift(1) if type(b) is Series else b))
+    a, b, b_before = _crossing(left, right, "crossed_below")
+    return (a < b) & (a.shift(1) >= b_before)
+
+
+def _crossing(left: Any, right: Any, helper: str) -> tuple[Series, Series | float, Series | float]:
+    """``left`` as a series, and ``right`` (a series or a number) now and one close before."""
+    a = _series(left, helper, "left")
+    if type(right) in (int, float):
+        return a, float(right), float(right)
+    b = _series(right, helper, "right")
+    return a, b, b.shift(1)
 
 
 TA = SafeModule(
