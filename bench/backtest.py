@@ -27,6 +27,7 @@ import platform
 import statistics
 import sys
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -69,16 +70,7 @@ async def bench_feed_only(end_ms: int, start_ms: int | None) -> dict[str, Any]:
 
 
 async def bench_runtime(end_ms: int, start_ms: int | None, signal_series: str) -> dict[str, Any]:
-    found = example("bollinger_breakout")
-    spec = TraderSpec(
-        name=found.name,
-        source=found.source,
-        timeframes=found.timeframes,
-        check_interval=found.check_interval,
-        reanalysis_interval=found.reanalysis_interval,
-        ai_instructions=found.ai_instructions,
-        max_open_positions=len(SYMBOLS),
-    )
+    spec = replace(TraderSpec.from_example(example("bollinger_breakout")), max_open_positions=len(SYMBOLS))
     config = BacktestConfig(
         traders=(spec,),
         data_dir=DATA,

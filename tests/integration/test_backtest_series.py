@@ -4,6 +4,7 @@ silently dropping signals."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -22,16 +23,8 @@ LYING = CHECK_ONLY + "\n\ndef signal_series(symbol, klines):\n    return klines[
 
 
 async def backtest(source: str, mode: Literal["use", "verify", "off"], days: int) -> BacktestResult:
-    found = example("bollinger_breakout")
-    spec = TraderSpec(
-        name="bollinger",
-        source=source,
-        timeframes=found.timeframes,
-        check_interval=found.check_interval,
-        reanalysis_interval=found.reanalysis_interval,
-        ai_instructions=found.ai_instructions,
-        max_open_positions=len(SYMBOLS),
-    )
+    found = TraderSpec.from_example(example("bollinger_breakout"))
+    spec = replace(found, name="bollinger", source=source, max_open_positions=len(SYMBOLS))
     config = BacktestConfig(
         traders=(spec,),
         data_dir=DATA,

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -79,12 +80,10 @@ def strategy_spec(
         found = example(strategy)
     except KeyError as exc:
         raise BacktestError(f"--strategy: {strategy} is not a file, and {exc.args[0]}") from None
-    return TraderSpec(
-        name=found.name,
-        source=found.source,
+    return replace(
+        TraderSpec.from_example(found),
         timeframes=timeframes or found.timeframes,
         check_interval=check_interval or found.check_interval,
-        reanalysis_interval=found.reanalysis_interval,
         ai_instructions=ai_instructions or found.ai_instructions,
     )
 

@@ -25,6 +25,7 @@ from tradeengine.ai.analyst import Analyst
 from tradeengine.backtest.errors import BacktestError
 from tradeengine.backtest.metrics import EquityCurve, Fill, MarkSeries, Summary, TradeRecord, summarize
 from tradeengine.clock import SimClock, datetime_to_ms, ms_to_datetime
+from tradeengine.examples import ExampleStrategy
 from tradeengine.exchange.events import ROW_CLOSE, EventRow
 from tradeengine.exchange.symbols import timeframe_ms, to_unified
 from tradeengine.indicators.klines import Klines
@@ -59,6 +60,18 @@ class TraderSpec:
     take_profit_pct: Decimal | None = Decimal(4)
     trailing_stop_pct: Decimal | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_example(cls, found: ExampleStrategy) -> TraderSpec:
+        """A trader running a shipped example as the example describes it."""
+        return cls(
+            name=found.name,
+            source=found.source,
+            timeframes=found.timeframes,
+            check_interval=found.check_interval,
+            reanalysis_interval=found.reanalysis_interval,
+            ai_instructions=found.ai_instructions,
+        )
 
     @property
     def check(self) -> str:
