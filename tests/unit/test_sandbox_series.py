@@ -7,6 +7,7 @@ are the ways hostile code could try to reach raw arrays, read ahead or allocate 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,18 @@ GENEROUS_MS = 10_000
 def per_close(strategy_source: str, k: Klines, indexes: range | list[int], window: int = WINDOW) -> list[bool]:
     strategy = compile_strategy(strategy_source, time_limit_ms=GENEROUS_MS)
     return [strategy.check_signal("BTC/USDT", TICKER, {"5m": view_at(k, i, window)}) for i in indexes]
+
+
+def with_series(body: str) -> str:
+    """A strategy whose check never matches and whose series form runs ``body`` (unindented)."""
+    return PRELUDE + textwrap.indent(textwrap.dedent(body).strip("\n") + "\n", "    ")
+
+
+PRELUDE = """def check_signal(symbol, ticker, klines):
+    return False
+
+def signal_series(symbol, klines):
+"""
 
 
 def series_of(source: str, k: Klines, window: int = WINDOW, timeframe: str = "5m") -> np.ndarray:
@@ -102,11 +115,7 @@ def _same(a: float, b: float) -> bool:
 
 
 def test_operators_shift_and_crossings(btc: Klines) -> None:
-    source = """
-def check_signal(symbol, ticker, klines):
-    return False
-
-def signal_series(symbol, klines):
+    source = with_series("""
     c = klines["5m"]
     fast, slow = ta.sma(c.close, 5), ta.sma(c.close, 20)
     up = ta.crossed_above(fast, slow)
@@ -114,7 +123,7 @@ def signal_series(symbol, klines):
     same = (up == manual) | ~(up ^ manual)
     rising = (c.close - c.close.shift(3)) / c.close.shift(3) * 100 > 0.5
     return up & same & (rising | ~rising) & (2 * abs(-c.volume) >= c.volume + 0)
-"""
+""")
     mask = series_of(source, btc)
     close = btc.close
     fast = np.array([get_latest_sma(view_at(btc, i), 5) for i in range(len(close))])
@@ -150,40 +159,26 @@ REFUSED = [
 
 @pytest.mark.parametrize(("body", "error", "message"), REFUSED)
 def test_series_refuses_what_could_escape_or_look_ahead(btc: Klines, body: str, error: type, message: str) -> None:
-    source = f"""
-def check_signal(symbol, ticker, klines):
-    return False
-
-def signal_series(symbol, klines):
-    {body}
-"""
+    source = with_series(body)
     with pytest.raises(error) as caught:
         series_of(source, btc)
     assert message in str(caught.value)
 
 
 def test_series_memory_and_time_limits(btc: Klines) -> None:
-    hoard = """
-def check_signal(symbol, ticker, klines):
-    return False
-
-def signal_series(symbol, klines):
+    hoard = with_series("""
     kept = []
     for i in range(1000):
         kept.append(klines["5m"].close * i)
     return kept[0] > 0
-"""
+""")
     with pytest.raises(StrategyRuntimeError) as caught:
         series_of(hoard, btc)
     assert caught.value.kind == "memory"
-    spin = """
-def check_signal(symbol, ticker, klines):
-    return False
-
-def signal_series(symbol, klines):
+    spin = with_series("""
     while True:
         pass
-"""
+""")
     strategy = compile_strategy(spin, time_limit_ms=5)
     with pytest.raises(StrategyRuntimeError) as caught:
         strategy.signal_series("BTC/USDT", "5m", btc, WINDOW)
@@ -210,14 +205,10 @@ def test_series_form_is_optional_and_checked_at_compile_time() -> None:
 
 
 def test_crossings_with_a_level(btc: Klines) -> None:
-    source = """
-def check_signal(symbol, ticker, klines):
-    return False
-
-def signal_series(symbol, klines):
+    source = with_series("""
     c = klines["5m"]
     return ta.crossed_below(c.close, 45000.5) | ta.crossed_above(c.close, 45000.5)
-"""
+""")
     mask = series_of(source, btc)
     close = btc.close
     above = close > 45000.5
