@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tradeengine.backtest.errors import BacktestError
 from tradeengine.backtest.runner import BacktestConfig, BacktestResult, TraderSpec, run_backtest
 from tradeengine.examples import example
+from tradeengine.store.models import AnalysisHistory, Signal
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "market"
 SYMBOLS = ("BTC/USDT", "SOL/USDT")
@@ -65,3 +68,45 @@ async def test_series_form_that_misses_matches_fails_the_backtest(mode: Literal[
     assert "'bollinger'" in str(caught.value) and "--signal-series off" in str(caught.value)
     # Without a series form nothing is skipped, so nothing can be missed.
     assert (await backtest(CHECK_ONLY, "use", 3)).series_skips == 0
+
+
+async def stored_analyses(url: str) -> list[tuple[object, ...]]:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                select(AnalysisHistory.timestamp, Signal.symbol, AnalysisHistory.decision, AnalysisHistory.reasoning)
+                .add_columns(AnalysisHistory.confidence, AnalysisHistory.market_data)
+                .join(Signal, Signal.id == AnalysisHistory.signal_id)
+            )
+            return sorted((tuple(row) for row in rows), key=lambda row: (row[0], row[1]))
+    finally:
+        await engine.dispose()
+
+
+async def test_rows_held_back_from_quiet_symbols_change_nothing(tmp_path: Path) -> None:
+    """Held back (no position, no signal, the series form rules the close out) or delivered,
+    every row stored, trade and counter is the same; the market data an analysis stored shows
+    the symbol caught up (candles, ticker) as if it had seen every row."""
+    results = {}
+    for hold in (True, False):
+        found = TraderSpec.from_example(example("bollinger_breakout"))
+        config = BacktestConfig(
+            traders=(replace(found, name="bollinger", max_open_positions=len(SYMBOLS)),),
+            data_dir=DATA,
+            symbols=SYMBOLS,
+            start=datetime(2021, 5, 1, tzinfo=UTC),
+            end=datetime(2021, 5, 15, tzinfo=UTC),
+            database_url=f"sqlite+aiosqlite:///{tmp_path / f'hold-{hold}.db'}",
+            hold_quiet_rows=hold,
+        )
+        results[hold] = await run_backtest(config)
+    held, delivered = results[True], results[False]
+    assert len(held.trades) > 5
+    assert trade_list(held) == trade_list(delivered)
+    assert held.summary == delivered.summary
+    assert (held.checks, held.series_skips) == (delivered.checks, delivered.series_skips)
+    assert held.database_url is not None and delivered.database_url is not None
+    analyses = await stored_analyses(held.database_url)
+    assert len(analyses) == held.summary.analyses > 20
+    assert analyses == await stored_analyses(delivered.database_url)

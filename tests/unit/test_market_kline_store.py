@@ -185,3 +185,24 @@ def test_window_view_slices_columns_on_first_use_only() -> None:
         view.close = eager.close  # type: ignore[misc]
     with pytest.raises(ValueError, match="read-only"):
         view.volume[0] = 1.0
+
+
+def test_reveal_is_every_advance_in_between_at_once() -> None:
+    history = _history(30)
+    revealed, advanced = KlineStore(capacity=6), KlineStore(capacity=6)
+    advance = advanced.attach("BTC/USDT", "5m", history, visible=2)
+    assert advance is not None and revealed.attach("BTC/USDT", "5m", history, visible=2) is not None
+    stale = revealed.klines("BTC/USDT", "5m")
+    for visible in (2, 3, 9, 10, 30):  # nothing, one, a jump past the capacity, ..., the end
+        revealed.reveal("BTC/USDT", "5m", visible)
+        while (last := advanced.last_open_time("BTC/USDT", "5m")) is not None and last < (visible - 1) * M:
+            advance(last + M)
+        assert _same(revealed.klines("BTC/USDT", "5m"), advanced.klines("BTC/USDT", "5m"))
+        assert revealed.last_open_time("BTC/USDT", "5m") == (visible - 1) * M
+    revealed.reveal("BTC/USDT", "5m", 4)  # never back
+    assert revealed.count("BTC/USDT", "5m") == 6 and revealed.last_open_time("BTC/USDT", "5m") == 29 * M
+    assert list(stale.open_time // M) == [0, 1]  # a view handed out earlier is unchanged
+    with pytest.raises(ValueError, match="only 30 rows"):
+        revealed.reveal("BTC/USDT", "5m", 31)
+    with pytest.raises(ValueError, match="not an attached series"):
+        revealed.reveal("ETH/USDT", "5m", 1)

@@ -26,7 +26,7 @@ from tradeengine.backtest.errors import BacktestError
 from tradeengine.backtest.metrics import EquityCurve, Fill, MarkSeries, Summary, TradeRecord, summarize
 from tradeengine.clock import SimClock, datetime_to_ms, ms_to_datetime
 from tradeengine.examples import ExampleStrategy
-from tradeengine.exchange.events import ROW_CLOSE, EventRow
+from tradeengine.exchange.events import EventRow
 from tradeengine.exchange.symbols import timeframe_ms, to_unified
 from tradeengine.indicators.klines import Klines
 from tradeengine.runtime.bootstrap import SERIES_AUDIT_EVERY
@@ -101,6 +101,10 @@ class BacktestConfig:
     # (auditing a sample of those closes), "verify" checks every close anyway and fails on any
     # disagreement, "off" ignores it.
     signal_series: Literal["use", "verify", "off"] = "use"
+    # Hold back the rows of a symbol while they would change nothing but its price (no position,
+    # no signal, the series form rules its closes out; see QuietRows). False: every row to the
+    # runtime. The trades, the rows stored and the counters are the same either way.
+    hold_quiet_rows: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,7 +508,6 @@ async def run_backtest(
                 raise BacktestError("--strategy: no trader is active (did every strategy fail to compile?)")
             feed = made[0]
             total = feed.candle_count()
-            feed.subscribe_rows(runtime.on_rows)
 
             def snapshot() -> ProgressSnapshot:
                 equity: Decimal | None = None
@@ -524,18 +527,19 @@ async def run_backtest(
                     equity,
                 )
 
-            if progress is not None:
+            quiet = runtime if config.hold_quiet_rows else None
+            if progress is None:
+                feed.subscribe_rows(runtime.on_rows, quiet)
+            else:
                 every = max(progress_every, 1)
 
-                async def count(_: int, rows: list[EventRow]) -> None:
-                    before = counts["closed"]
-                    for row in rows:
-                        if row[2] == ROW_CLOSE:
-                            counts["closed"] += 1
+                async def on_rows(at: int, rows: list[EventRow]) -> None:
+                    await runtime.on_rows(at, rows)
+                    before, counts["closed"] = counts["closed"], feed.status().candles_closed
                     if counts["closed"] // every != before // every:
                         progress(snapshot())
 
-                feed.subscribe_rows(count)
+                feed.subscribe_rows(on_rows, quiet)
             replay_started = time.perf_counter()
             with frozen_heap():  # the boot-time heap never needs collecting during a replay
                 await feed.run()

@@ -120,6 +120,16 @@ class _Series:
         self.last = open_time
         self.view_cache = None
 
+    def reveal(self, visible: int) -> None:
+        """Reveal the attached rows before index ``visible`` at once (rows a replay held back)."""
+        if visible > self.end:
+            if visible > self.buflen:
+                raise ValueError(f"attached series: only {self.buflen} rows, cannot reveal {visible}")
+            self.end = visible
+            self.start = max(self.start, visible - self.capacity)
+            self.last = self.times.item(visible - 1)
+            self.view_cache = None
+
     def _own(self) -> None:
         """Leave attached mode: copy the visible window into a buffer of our own."""
         self.attached = False
@@ -324,6 +334,14 @@ class KlineStore:
         values.flags.writeable = False
         series.attach(history.open_time, values, visible)
         return series.advance
+
+    def reveal(self, symbol: str, timeframe: str, visible: int) -> None:
+        """An attached series shows its first ``visible`` candles (never fewer than now): what
+        ``advance`` for each candle in between would do, at once."""
+        series = self._get(symbol, timeframe)
+        if series is None or not series.attached:
+            raise ValueError(f"{symbol} {timeframe}: not an attached series")
+        series.reveal(visible)
 
     def attached_history(self, symbol: str, timeframe: str) -> Klines | None:
         """The whole history an attached series serves (revealed or not yet), or None when the

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 
 from tradeengine.clock import Clock, SimClock
 from tradeengine.exchange.events import (
+    QUIET_FOREVER,
     ROW_CLOSE,
     ROW_TICKER,
     ROW_UPDATE,
@@ -20,6 +21,7 @@ from tradeengine.exchange.events import (
     CandleUpdated,
     EventRow,
     MarketEvent,
+    QuietRows,
     TickerUpdated,
 )
 from tradeengine.exchange.feed import EventHandler, FeedStatus
@@ -168,6 +170,7 @@ class ReplayFeed:
         self._store = store if store is not None else KlineStore()
         self._handlers: list[EventHandler] = []
         self._row_handlers: list[RowHandler] = []
+        self._quiet: QuietRows | None = None
         self._speed = speed
         self._stopped = False
         self._delivered = 0
@@ -363,10 +366,16 @@ class ReplayFeed:
     def subscribe(self, handler: EventHandler) -> None:
         self._handlers.append(handler)
 
-    def subscribe_rows(self, handler: RowHandler) -> None:
+    def subscribe_rows(self, handler: RowHandler, quiet: QuietRows | None = None) -> None:
         """Deliver every later instant as ``handler(at_ms, rows)`` (see ``EventRow``): the same
-        stream as the events, without building them. Row handlers run before event handlers."""
+        stream as the events, without building them. Row handlers run before event handlers.
+
+        With ``quiet`` (the handler, or what speaks for it), the handler may have a symbol's rows
+        held back while they would change nothing for it (see ``run``): only when it is the one
+        subscriber and every series is attached (close rows only)."""
         self._row_handlers.append(handler)
+        if quiet is not None:
+            self._quiet = quiet
 
     def status(self) -> FeedStatus:
         return FeedStatus(connected=not self._stopped, last_message_ms=self._last_ms, candles_closed=self._closed)
@@ -403,7 +412,12 @@ class ReplayFeed:
         """Deliver every instant in order: the store takes all its candles first, then each handler
         gets its rows or events. All candles of an instant are in the store before anyone looks, so
         a 5m close that coincides with a 1h close sees that 1h candle too (as live would, give or
-        take network order), and row and event delivery see the very same store."""
+        take network order), and row and event delivery see the very same store.
+
+        A row handler subscribed with ``quiet`` (``QuietRows``) may have a symbol's rows held back
+        (``_Holdback``): that symbol's instants go to no one, and before its next rows it is
+        brought up to date (candles revealed, its latest ticker row delivered first). The last
+        instant goes to everyone."""
         advancers = self._attach_histories()
         store, row_handlers, handlers = self._store, self._row_handlers, self._handlers
         sim_clock = self._clock if isinstance(self._clock, SimClock) else None  # instants that wake no timer: no await
@@ -411,6 +425,13 @@ class ReplayFeed:
         timeframes = np.array([timeframe for _, timeframe in self.series], dtype=object)
         available = self._available
         total = len(available)
+        closed_until = np.cumsum(self._kind == KIND_CLOSE)  # candles closed up to each row, inclusive
+        hold: _Holdback | None = None
+        quiet = self._quiet
+        if quiet is not None and len(row_handlers) == 1 and not handlers and None not in advancers and total:
+            hold = _Holdback(self, store, advancers)  # type: ignore[arg-type]  # none is None: checked
+            quiet.bind_hold(hold.hold)
+        held = hold.wake_of if hold is not None else {}
         previous: int | None = None
         begin = 0
         while begin < total:
@@ -433,26 +454,39 @@ class ReplayFeed:
             )
             cuts = [0, *(np.flatnonzero(times[1:] != times[:-1]) + 1).tolist(), len(rows)]
             instants = times[cuts[:-1]].tolist()
+            closed = closed_until[begin + np.array(cuts[1:]) - 1].tolist()
             series_of = indexes.tolist()
-            for at, first, last in zip(instants, cuts, cuts[1:], strict=False):
+            for at, first, last, closed_by in zip(instants, cuts, cuts[1:], closed, strict=False):
                 if self._stopped:
                     return
+                instant = rows[first:last]
+                woken: list[str] | None = None  # not None: the instant is filtered (some rows held)
+                if held:
+                    assert hold is not None
+                    woken = hold.wake(at) if at >= hold.next_expiry else []
+                    instant = [row for row in instant if row[0] not in held]
+                    if not instant and not woken:
+                        self._closed = closed_by
+                        continue
                 if sim_clock is None or not sim_clock.jump_to_ms(at):
                     await self._move_clock(at, previous)
                 previous = at
-                instant = rows[first:last]
-                for k in range(first, last):
-                    row = rows[k]
-                    kind = row[2]
-                    if kind == ROW_TICKER:
-                        continue
-                    advance = advancers[series_of[k]]
-                    if advance is not None:
-                        advance(row[3])
-                    else:
-                        store.update(row[0], row[1], row[3], row[4], row[5], row[6], row[7], row[8])
-                    if kind == ROW_CLOSE:
-                        self._closed += 1
+                if woken is not None:
+                    assert hold is not None
+                    if woken:
+                        instant = hold.catch_up(woken, at) + instant
+                    hold.advance(instant)
+                else:
+                    for k in range(first, last):
+                        row = rows[k]
+                        if row[2] == ROW_TICKER:
+                            continue
+                        advance = advancers[series_of[k]]
+                        if advance is not None:
+                            advance(row[3])
+                        else:
+                            store.update(row[0], row[1], row[3], row[4], row[5], row[6], row[7], row[8])
+                self._closed = closed_by
                 self._last_ms = at
                 for row_handler in row_handlers:
                     try:
@@ -463,6 +497,12 @@ class ReplayFeed:
                     await self._deliver(at, instant, handlers)
             begin = end
         await self._finish(previous)
+
+    def _row(self, index: int) -> EventRow:
+        """Row ``index`` of the merged stream as ``run`` delivers it."""
+        symbol, timeframe = self.series[int(self._series_index[index])]
+        o, h, lo, c, v = self._values[:, index].tolist()
+        return (symbol, timeframe, int(self._kind[index]), int(self._open_time[index]), o, h, lo, c, v)
 
     def _attach_histories(self) -> list[Callable[[int], None] | None]:
         """Hand close-only series to the store whole (warm-up rows visible at once), the rest get
@@ -574,3 +614,72 @@ class ReplayFeed:
                 await on_batch(batch)
             i = stop
         await self._finish(int(available[-1]) if total else None)
+
+
+class _Holdback:
+    """The rows a replay holds back from a ``QuietRows`` handler, and the catching up of a symbol
+    whose rows were held back.
+
+    The handler calls ``hold(symbol, until)`` when the symbol's rows before ``until`` would change
+    nothing for it; the feed then drops them (``wake_of``) until the first instant at or after
+    ``until`` (never past the last instant, which goes to everyone). There the symbol's series
+    reveal every candle that closed before that instant and its latest ticker row goes first
+    (``expire``), so the handler sees what it would have seen had every row been delivered.
+    ``hold(symbol, 0)`` takes a hold back at the next instant.
+    """
+
+    def __init__(self, feed: ReplayFeed, store: KlineStore, advancers: list[Callable[[int], None]]) -> None:
+        self._feed = feed
+        self._store = store
+        self._advance = {key: advancers[index] for index, key in enumerate(feed.series)}
+        self.wake_of: dict[str, int] = {}  # held symbols: their rows before this time are dropped
+        self.next_expiry = QUIET_FOREVER  # the earliest of them
+        self._final = int(feed._available[-1])
+        names = list(dict.fromkeys(symbol for symbol, _ in feed.series))
+        # Per symbol: its series with their close times (reveal), its ticker rows with their times.
+        self._closes: dict[str, list[tuple[str, NDArray[np.int64]]]] = {name: [] for name in names}
+        for index, (history, _) in feed._histories.items():
+            symbol, timeframe = feed.series[index]
+            self._closes[symbol].append((timeframe, history.open_time + timeframe_ms(timeframe)))
+        ticker = feed._kind == KIND_TICKER
+        row_symbol = np.array([names.index(s) for s, _ in feed.series], dtype=np.int32)[feed._series_index]
+        self._tickers: dict[str, tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
+        for number, name in enumerate(names):
+            rows = np.flatnonzero(ticker & (row_symbol == number))
+            self._tickers[name] = (rows, feed._available[rows])
+
+    def hold(self, symbol: str, until: int) -> None:
+        """Drop ``symbol``'s rows available before ``until`` (0: take the hold back)."""
+        if symbol not in self._closes:
+            return
+        until = min(until, self._final)
+        self.wake_of[symbol] = until
+        self.next_expiry = min(self.next_expiry, until)
+
+    def wake(self, at: int) -> list[str]:
+        """End the holds due by ``at``; return those symbols (to ``catch_up``)."""
+        woken = [symbol for symbol, until in self.wake_of.items() if until <= at]
+        for symbol in woken:
+            del self.wake_of[symbol]
+        self.next_expiry = min(self.wake_of.values(), default=QUIET_FOREVER)
+        return woken
+
+    def catch_up(self, symbols: list[str], at: int) -> list[EventRow]:
+        """Reveal the candles of ``symbols`` that closed before ``at``; return their latest ticker
+        rows before ``at``, to go first in this instant."""
+        rows: list[EventRow] = []
+        for symbol in symbols:
+            for timeframe, closes in self._closes[symbol]:
+                self._store.reveal(symbol, timeframe, int(closes.searchsorted(at)))
+            tickers, times = self._tickers[symbol]
+            k = int(times.searchsorted(at)) - 1
+            if k >= 0:
+                rows.append(self._feed._row(tickers.item(k)))
+        return rows
+
+    def advance(self, rows: list[EventRow]) -> None:
+        """The store part of delivering ``rows``: every series is attached, so a close is revealed."""
+        advance = self._advance
+        for row in rows:
+            if row[2] == ROW_CLOSE:
+                advance[row[0], row[1]](row[3])

@@ -48,6 +48,31 @@ class SeriesGate:
     times: NDArray[np.int64]
     mask: list[bool]  # a list: indexing it per close is a third of an ndarray's cost
     unaudited: int = 0  # closes skipped since the last audit
+    last_index: int = -1  # the close of the last verdict
+    # For ``next_needed``: the first True after each index, the count of Falses up to each index,
+    # and where the Falses are.
+    next_true: NDArray[np.int64] = field(init=False)
+    false_rank: NDArray[np.int64] = field(init=False)
+    falses: NDArray[np.int64] = field(init=False)
+
+    def __post_init__(self) -> None:
+        flags = np.asarray(self.mask, dtype=np.bool_)
+        n = len(flags)
+        trues = np.flatnonzero(flags)
+        self.next_true = np.append(trues, n)[np.searchsorted(trues, np.arange(n), side="right")]
+        self.false_rank = np.cumsum(~flags, dtype=np.int64)
+        self.falses = np.flatnonzero(~flags)
+
+    def next_needed(self, audit_every: int) -> int:
+        """Index of the first close after ``last_index`` whose verdict is not a skip: the next the
+        mask flags, or the one whose skip would reach ``audit_every`` (an audit); ``len(mask)``
+        when there is none. A replay may hold back the closes before it (TenantRuntime.quiet_until)."""
+        last = self.last_index
+        if last < 0:
+            return 0
+        audit_rank = self.false_rank.item(last) + audit_every - self.unaudited  # 1-based among the Falses
+        audit = self.falses.item(audit_rank - 1) if audit_rank <= len(self.falses) else len(self.mask)
+        return min(self.next_true.item(last), audit)
 
 
 @dataclass(slots=True)

@@ -37,12 +37,14 @@ from tradeengine.domain.enums import (
 from tradeengine.domain.timeframes import TimerInterval
 from tradeengine.exchange.broker import Broker, OrderRequest
 from tradeengine.exchange.events import (
+    QUIET_FOREVER,
     ROW_CLOSE,
     ROW_TICKER,
     CandleClosed,
     CandleUpdated,
     EventRow,
     MarketEvent,
+    RowHold,
     TickerUpdated,
 )
 from tradeengine.exchange.kline_store import KlineStore
@@ -179,6 +181,7 @@ class TenantRuntime:
         # (minute, checks, triggers) cumulative samples for the seed's "last hour" metrics.
         self._samples: collections.deque[tuple[int, int, int]] = collections.deque(maxlen=64)
         self._sample_minute = -1
+        self._hold_rows: RowHold | None = None  # a replay's, once bound (QuietRows): see _offer_hold
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -314,6 +317,7 @@ class TenantRuntime:
 
     def _load_traders(self, rows: list[Trader]) -> None:
         previous = self.state.traders
+        self._release_holds()
         self.state.traders = {}
         self.scheduler.cancel_prefix("check:")
         self.scheduler.cancel_prefix("reanalysis:")
@@ -488,6 +492,8 @@ class TenantRuntime:
                     matches = self._check_close(symbol, timeframe)  # _on_candle_closed, in two parts
                     if matches is not None:
                         await self._after_close(symbol, timeframe, matches)
+                    elif self._hold_rows is not None:
+                        self._offer_hold(symbol)
                 elif (minute := self.clock.now_ms() // 60_000) != self._sample_minute:
                     self._sample_counts(minute)
 
@@ -515,7 +521,7 @@ class TenantRuntime:
     def _check_close(self, symbol: str, timeframe: str) -> list[tuple[TraderRuntime, str]] | None:
         """The synchronous part of a candle close: metrics samples and the strategy checks.
 
-        Returns the matches when something asynchronous is due (signals to create, traders that
+        Returns the matches when something asynchronous is due (signals to create, signals to
         re-analyse on this close, analyses to settle), else None: most replay closes need nothing
         more, and they skip a coroutine (``_on_candle_closed`` is the two parts in a row)."""
         if not self._accepting:
@@ -545,7 +551,7 @@ class TenantRuntime:
                     if verdict is _AUDIT:
                         self._series_disagreed(trader, symbol, timeframe)
                     matches.append((trader, symbol))
-        if matches or self._settle_needed or key in self._reanalysis_subs:
+        if matches or self._settle_needed or (key in self._reanalysis_subs and self._has_signal_on(symbol)):
             return matches
         return None
 
@@ -575,6 +581,13 @@ class TenantRuntime:
         if index < 0:  # the series left attached mode: its history is no longer what the gate read
             gates[symbol] = None
             return _CHECK
+        held_back = index - gate.last_index - 1
+        if held_back > 0 and gate.last_index >= 0:
+            # Closes the feed held back (quiet_until): each was ruled out and short of an audit,
+            # so they count as the skips they would have been.
+            gate.unaudited += held_back
+            self.counters.series_skips += held_back
+        gate.last_index = index
         if gate.mask[index]:
             return _CHECK
         gate.unaudited += 1
@@ -614,6 +627,52 @@ class TenantRuntime:
             open_time,
         )
         trader.series_gates[symbol] = None
+
+    def bind_hold(self, hold: RowHold) -> None:
+        """``QuietRows``: a replay lets this runtime have a symbol's rows held back (``_offer_hold``)."""
+        self._hold_rows = hold
+
+    def _offer_hold(self, symbol: str) -> None:
+        """After a close that needed nothing more: hold the symbol's rows while they would
+        change nothing here (``quiet_until``)."""
+        until = self.quiet_until(symbol)
+        if until > self.clock.now_ms():
+            self._hold_rows(symbol, until)  # type: ignore[misc]  # only called once bound
+
+    def _release_holds(self) -> None:
+        """Traders changed: every held symbol may be needed now."""
+        if self._hold_rows is not None:
+            for symbol in {symbol for symbol, _ in self.store.series()}:
+                self._hold_rows(symbol, 0)
+
+    def _has_signal_on(self, symbol: str) -> bool:
+        return any(signal.symbol == symbol for signal in self.state.signals.values())
+
+    def quiet_until(self, symbol: str) -> int:
+        """Until when (feed time, ms) ``symbol``'s rows would change nothing here but its price,
+        ticker and candles; 0 means now. A symbol is quiet while it has no position, no signal,
+        nothing pending, and each of its traders checks candle closes through a series gate whose
+        next non-skip verdict (a flagged close or an audit) is later: the closes held back until
+        then are skips, counted as such at the next verdict (``_series_verdict``)."""
+        if not self._accepting or self._pending_orders or self._pending_flips or self._settle_needed:
+            return 0
+        if symbol in self.state.positions_by_symbol or self._has_signal_on(symbol):
+            return 0
+        until = QUIET_FOREVER
+        every = self.config.series_audit_every
+        for trader in self.state.traders.values():
+            if trader.failed or symbol not in trader.symbols:
+                continue
+            timeframe = trader.check.timeframe
+            if timeframe is None or not every:
+                return 0  # a fixed-interval check reads the symbol at any instant; no gates, every close
+            gate = trader.series_gates.get(symbol)
+            if gate is None or self.store.attached_index(symbol, timeframe, gate.times) < 0:
+                return 0
+            needed = gate.next_needed(every)
+            if needed < len(gate.mask):
+                until = min(until, gate.times.item(needed) + trader.check.period_ms)
+        return until
 
     async def _run_check(self, trader: TraderRuntime) -> None:
         """A fixed-interval timer firing: evaluate every symbol of the trader."""
@@ -764,6 +823,8 @@ class TenantRuntime:
         trader = self.state.traders[trader_id]
         if self.state.has_active_signal(trader_id, symbol):
             raise ValueError(f"trader {trader_id} already has an active signal on {symbol}")
+        if self._hold_rows is not None:
+            self._hold_rows(symbol, 0)
         if analyse:
             await self._create_signal(trader, symbol, trader.primary_timeframe, time.perf_counter())
         else:

@@ -1,0 +1,115 @@
+"""Holding back a quiet symbol's rows (QuietRows): what the feed drops, how it catches the symbol
+up, and the series gate's answer to "when is this symbol needed next"."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tradeengine.clock import SimClock, datetime_to_ms
+from tradeengine.exchange.events import QUIET_FOREVER, ROW_CLOSE, ROW_TICKER, EventRow, RowHold
+from tradeengine.exchange.replay import ReplayFeed
+from tradeengine.runtime.state import SeriesGate
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "market"
+STEP = 300_000
+START = datetime_to_ms(datetime(2021, 5, 1, tzinfo=UTC))
+
+
+def _feed() -> ReplayFeed:
+    return ReplayFeed.from_directory(
+        DATA, ["BTC/USDT", "ETH/USDT"], ["5m", "1h"], clock=SimClock(START), start_ms=START, end_ms=START + 86_400_000
+    )
+
+
+class Recorder:
+    """A row handler that holds ETH from its close at ``hold_at`` until ``until`` (and takes a
+    second hold back early), recording every row and what the store shows ETH at its rows."""
+
+    def __init__(self, feed: ReplayFeed, hold_at: int, until: int) -> None:
+        self.feed, self.hold_at, self.until = feed, hold_at, until
+        self.rows: list[tuple[int, EventRow]] = []
+        self.eth_views: dict[int, tuple[int | None, int | None]] = {}
+        self.hold: RowHold | None = None
+
+    def bind_hold(self, hold: RowHold) -> None:
+        self.hold = hold
+
+    async def __call__(self, at: int, rows: list[EventRow]) -> None:
+        self.rows.extend((at, row) for row in rows)
+        store = self.feed.store
+        if any(row[0] == "ETH/USDT" for row in rows):
+            self.eth_views[at] = (store.last_open_time("ETH/USDT", "5m"), store.last_open_time("ETH/USDT", "1h"))
+        assert self.hold is not None
+        if at == self.hold_at:
+            self.hold("ETH/USDT", self.until)
+        if at == self.until + 6 * STEP:
+            self.hold("ETH/USDT", QUIET_FOREVER)
+        if at == self.until + 9 * STEP:
+            self.hold("ETH/USDT", 0)  # taken back: ETH's rows again from the next instant
+
+
+async def test_held_rows_go_nowhere_and_the_symbol_is_caught_up_before_its_next_rows() -> None:
+    full = _feed()
+    every: list[tuple[int, EventRow]] = []
+
+    async def record(at: int, rows: list[EventRow]) -> None:
+        every.extend((at, row) for row in rows)
+
+    full.subscribe_rows(record)
+    await full.run()
+
+    feed = _feed()
+    hold_at = START + 7 * STEP
+    until = START + 20 * STEP  # 13 closes later, across the 1h close at START + 12 steps
+    handler = Recorder(feed, hold_at, until)
+    feed.subscribe_rows(handler, handler)
+    await feed.run()
+
+    eth_at = sorted({at for at, row in handler.rows if row[0] == "ETH/USDT"})
+    skipped = [at for at in sorted({at for at, row in every if row[0] == "ETH/USDT"}) if at not in eth_at]
+    assert skipped == [*range(hold_at + STEP, until, STEP), *range(until + 7 * STEP, until + 10 * STEP, STEP)]
+    # BTC never held: exactly its rows in the full stream.
+    assert [r for r in handler.rows if r[1][0] == "BTC/USDT"] == [r for r in every if r[1][0] == "BTC/USDT"]
+    # At the wake: ETH's latest ticker row goes first, then the instant's own rows as in the full stream.
+    woke = [row for at, row in handler.rows if at == until]
+    previous_ticker = [row for at, row in every if at == until - STEP and row[0] == "ETH/USDT" and row[2] == ROW_TICKER]
+    assert woke[0] == previous_ticker[0]
+    assert woke[1:] == [row for at, row in every if at == until]
+    # The store shows ETH as the full replay would: the 5m candle just closed, and the 1h candle
+    # (opened at START) whose close at START + 1h was held back.
+    assert handler.eth_views[until] == (until - STEP, START)
+    # Held "forever" and taken back: delivered again from the next instant; the last instant goes to everyone.
+    final = every[-1][0]
+    assert {row[0] for at, row in handler.rows if at == final} == {"BTC/USDT", "ETH/USDT"}
+    assert feed.status().candles_closed == full.status().candles_closed
+    closes = sum(1 for _, row in every if row[2] == ROW_CLOSE)
+    assert feed.status().candles_closed == closes
+
+
+@pytest.mark.parametrize("every", [1, 2, 5, 32])
+def test_next_needed_is_the_first_verdict_after_the_last_that_is_not_a_skip(every: int) -> None:
+    rng = np.random.default_rng(every)
+    for density in (0.0, 0.02, 0.3):
+        mask = (rng.random(300) < density).tolist()
+        gate = SeriesGate(np.arange(300, dtype=np.int64), mask)
+        assert gate.next_needed(every) == 0  # no verdict yet: the first close
+        unaudited, needed = 0, []
+        for index, flagged in enumerate(mask):  # the verdicts as TenantRuntime._series_verdict gives them
+            if flagged:
+                needed.append(index)
+                continue
+            unaudited += 1
+            if unaudited == every:
+                unaudited = 0
+                needed.append(index)
+        unaudited = 0
+        for index, flagged in enumerate(mask):
+            if not flagged:
+                unaudited = 0 if unaudited + 1 == every else unaudited + 1
+            gate.last_index, gate.unaudited = index, unaudited
+            later = [n for n in needed if n > index]
+            assert gate.next_needed(every) == (later[0] if later else len(mask)), (density, index)
