@@ -69,7 +69,7 @@ async def bench_feed_only(end_ms: int, start_ms: int | None) -> dict[str, Any]:
     }
 
 
-async def bench_runtime(end_ms: int, start_ms: int | None, signal_series: str) -> dict[str, Any]:
+async def bench_runtime(end_ms: int, start_ms: int | None, signal_series: str, hold: bool = True) -> dict[str, Any]:
     spec = replace(TraderSpec.from_example(example("bollinger_breakout")), max_open_positions=len(SYMBOLS))
     config = BacktestConfig(
         traders=(spec,),
@@ -79,6 +79,7 @@ async def bench_runtime(end_ms: int, start_ms: int | None, signal_series: str) -
         start=ms_to_datetime(start_ms) if start_ms is not None else None,
         end=ms_to_datetime(end_ms),
         signal_series=signal_series,  # type: ignore[arg-type]  # argparse choices
+        hold_quiet_rows=hold,
     )
     result = await run_backtest(config)
     s = result.summary
@@ -105,6 +106,11 @@ def main() -> None:
         default="use",
         help="How the strategy's series form is used (BacktestConfig.signal_series).",
     )
+    parser.add_argument(
+        "--deliver-every-row",
+        action="store_true",
+        help="Do not hold back quiet symbols' rows (BacktestConfig.hold_quiet_rows=False).",
+    )
     args = parser.parse_args()
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
@@ -115,7 +121,9 @@ def main() -> None:
     runtimes: list[dict[str, Any]] = []
     for _ in range(max(args.repeat, 1)):
         feeds.append(asyncio.run(bench_feed_only(COMMON_END_MS, start_ms)))
-        runtimes.append(asyncio.run(bench_runtime(COMMON_END_MS, start_ms, args.signal_series)))
+        runtimes.append(
+            asyncio.run(bench_runtime(COMMON_END_MS, start_ms, args.signal_series, not args.deliver_every_row))
+        )
     outcome = ("candles", "signals", "analyses", "trades", "total_return")
     if any(tuple(r[k] for k in outcome) != tuple(runtimes[0][k] for k in outcome) for r in runtimes):
         raise SystemExit(f"repetitions traded differently: {[{k: r[k] for k in outcome} for r in runtimes]}")
@@ -131,6 +139,7 @@ def main() -> None:
             "timeframe": "5m",
             "strategy": "bollinger_breakout (example)",
             "signal_series": args.signal_series,
+            "hold_quiet_rows": not args.deliver_every_row,
             "analyst": "offline rules",
             "database": "sqlite",
             "days": args.days or "full files",
