@@ -7,6 +7,7 @@ import asyncio
 import pickle
 import uuid
 from datetime import UTC, datetime
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,10 @@ def test_plain_batches_round_trip() -> None:
     batch.update("signals", uuid.uuid4(), increment={"version": 1}, status="watching")
     again = batches_from_plain(pickle.loads(pickle.dumps(batches_to_plain([batch, rename(user_id, "y")]))))
     assert again == [batch, rename(user_id, "y")]
+    # What the pipe's pickler does with UUIDs (an int each, see committer._reduce_uuid).
+    safe = uuid.UUID(int=7, is_safe=uuid.SafeUUID.safe)
+    sent = [user_id, safe, uuid.UUID("00000000-0000-0000-0000-000000000000")]
+    received = pickle.loads(ForkingPickler.dumps(sent))
+    assert received == sent and all(type(u) is uuid.UUID for u in received)
+    assert [u.is_safe for u in received] == [u.is_safe for u in sent]
+    assert [str(u) for u in received] == [str(u) for u in sent] and hash(received[0]) == hash(user_id)

@@ -181,7 +181,7 @@ class TenantRuntime:
         # (minute, checks, triggers) cumulative samples for the seed's "last hour" metrics.
         self._samples: collections.deque[tuple[int, int, int]] = collections.deque(maxlen=64)
         self._sample_minute = -1
-        self._hold_rows: RowHold | None = None  # a replay's, once bound (QuietRows): see _offer_hold
+        self._hold_rows: RowHold | None = None  # a replay's, once bound (QuietRows): see bind_hold
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -492,8 +492,12 @@ class TenantRuntime:
                     matches = self._check_close(symbol, timeframe)  # _on_candle_closed, in two parts
                     if matches is not None:
                         await self._after_close(symbol, timeframe, matches)
-                    elif self._hold_rows is not None:
-                        self._offer_hold(symbol)
+                    elif (
+                        self._hold_rows is not None
+                        and symbol not in positions  # the common "no": a position is watched every row
+                        and (until := self.quiet_until(symbol)) > at_ms
+                    ):
+                        self._hold_rows(symbol, until)  # nothing is due here before then
                 elif (minute := self.clock.now_ms() // 60_000) != self._sample_minute:
                     self._sample_counts(minute)
 
@@ -629,15 +633,9 @@ class TenantRuntime:
         trader.series_gates[symbol] = None
 
     def bind_hold(self, hold: RowHold) -> None:
-        """``QuietRows``: a replay lets this runtime have a symbol's rows held back (``_offer_hold``)."""
+        """``QuietRows``: a replay lets this runtime have a symbol's rows held back. ``on_rows``
+        offers a hold after each close that needed nothing more (see ``quiet_until``)."""
         self._hold_rows = hold
-
-    def _offer_hold(self, symbol: str) -> None:
-        """After a close that needed nothing more: hold the symbol's rows while they would
-        change nothing here (``quiet_until``)."""
-        until = self.quiet_until(symbol)
-        if until > self.clock.now_ms():
-            self._hold_rows(symbol, until)  # type: ignore[misc]  # only called once bound
 
     def _release_holds(self) -> None:
         """Traders changed: every held symbol may be needed now."""

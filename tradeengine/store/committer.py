@@ -20,13 +20,34 @@ import contextlib
 import multiprocessing
 import subprocess
 import sys
+import uuid
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from tradeengine.store.batch import WriteBatch, batches_from_plain, batches_to_plain
 
 _MAX_IN_FLIGHT = 4  # merges sent but not yet committed; bounds the child's backlog and our memory
 _MAX_ERROR = 2000
+
+
+def _uuid(value: int, safe: uuid.SafeUUID = uuid.SafeUUID.unknown) -> uuid.UUID:
+    """Unpickle a UUID sent by ``_reduce_uuid``: the UUID ``UUID(int=value)`` is."""
+    made = object.__new__(uuid.UUID)
+    object.__setattr__(made, "int", value)
+    object.__setattr__(made, "is_safe", safe)
+    return made
+
+
+def _reduce_uuid(value: uuid.UUID) -> tuple[Any, ...]:
+    # A UUID pickles through its Python-level __getstate__/__setstate__ (3.4 µs each here);
+    # a full bench run sends 110k of them. As an int: 0.95 µs. Only for this pipe's pickler.
+    if value.is_safe is uuid.SafeUUID.unknown:
+        return _uuid, (value.int,)
+    return _uuid, (value.int, value.is_safe)
+
+
+ForkingPickler.register(uuid.UUID, _reduce_uuid)
 
 
 class CommitError(RuntimeError):
