@@ -81,11 +81,13 @@ def build_market_data(
     steps: dict[str, int] = {}
     for tf, klines in klines_by_tf.items():
         step = steps[tf] = _timeframe_ms(tf)
-        first = max(len(klines) - (limit if rows_kept is None else min(rows_kept, limit)), 0)
-        if rows_cache is None or rows_kept is not None:
+        if rows_kept is not None:
+            klines_json[tf] = _newest_rows(klines, min(rows_kept, limit), step)
+        elif rows_cache is None:
+            first = max(len(klines) - limit, 0)
             klines_json[tf] = _format_rows([getattr(klines, name)[first:] for name in _COLUMNS], step)
         else:
-            klines_json[tf] = rows_cache.rows(symbol, tf, klines, step, first)
+            klines_json[tf] = rows_cache.rows(symbol, tf, klines, step, max(len(klines) - limit, 0))
         by_tf[tf] = calculate_indicators(klines)
 
     primary_klines = klines_by_tf.get(primary) if primary is not None else None
@@ -120,6 +122,19 @@ def _format_rows(columns: Sequence[NDArray[Any]], timeframe_step_ms: int) -> lis
         [t, repr(o), repr(h), repr(lo), repr(c), repr(v), t + last]
         for t, o, h, lo, c, v in zip(*(column.tolist() for column in columns), strict=True)
     ]
+
+
+def _newest_rows(klines: Klines, count: int, timeframe_step_ms: int) -> list[list[Any]]:
+    """``kline_rows`` of the newest ``count`` candles, read element by element: for the handful
+    of rows an analysis snapshot keeps, slicing and converting six columns costs more than the
+    rows. ``item`` gives the Python scalar ``tolist`` would, so the rows are the same."""
+    (times, o, h, lo, c, v), start, end = klines.span()
+    last = timeframe_step_ms - 1
+    rows: list[list[Any]] = []
+    for i in range(max(end - count, start), end):
+        t = times.item(i)
+        rows.append([t, repr(o.item(i)), repr(h.item(i)), repr(lo.item(i)), repr(c.item(i)), repr(v.item(i)), t + last])
+    return rows
 
 
 class KlineRowCache:
