@@ -196,6 +196,10 @@ def test_rows_kept_market_data_is_the_full_one_cut_and_its_candles_are_the_rows(
         parsed = market_data.klines_from_market_data(full, tf)
         store = KlineStore()
         _fill(store, tf, klines[tf])
+        # The same rows from a store's window view (read unsliced, Klines.span).
+        view = store.klines("BTC/USDT", tf, 300)
+        viewed = market_data.build_market_data("BTC/USDT", ticker, {tf: view}, primary_timeframe=tf, rows_kept=3)
+        assert viewed["klines"][tf] == rows[-3:]
         copies = store.lasting_klines("BTC/USDT", tf, 100)
         for name in ("open_time", "open", "high", "low", "close", "volume"):
             assert getattr(copies, name).tobytes() == getattr(parsed, name).tobytes()

@@ -622,10 +622,10 @@ class _Holdback:
 
     The handler calls ``hold(symbol, until)`` when the symbol's rows before ``until`` would change
     nothing for it; the feed then drops them (``wake_of``) until the first instant at or after
-    ``until`` (never past the last instant, which goes to everyone). There the symbol's series
-    reveal every candle that closed before that instant and its latest ticker row goes first
-    (``expire``), so the handler sees what it would have seen had every row been delivered.
-    ``hold(symbol, 0)`` takes a hold back at the next instant.
+    ``until`` (never past the last instant, which goes to everyone). There the hold ends
+    (``wake``), the symbol's series reveal every candle that closed before that instant and its
+    latest ticker row goes first (``catch_up``), so the handler sees what it would have seen had
+    every row been delivered. ``hold(symbol, 0)`` takes a hold back at the next instant.
     """
 
     def __init__(self, feed: ReplayFeed, store: KlineStore, advancers: list[Callable[[int], None]]) -> None:
