@@ -468,6 +468,7 @@ class TenantRuntime:
         The checks that decide whether anything but bookkeeping is due are inlined: a backtest
         runs this for every candle, and most candles need nothing else."""
         prices, tickers, positions = self.prices, self.tickers, self.state.positions_by_symbol
+        quiet: list[str] = []  # symbols whose close needed nothing more: a hold is offered at the end
         for symbol, timeframe, kind, open_time, v0, v1, _, v3, _ in rows:
             if kind == ROW_TICKER:
                 # What the TickerUpdated would carry: last, volume, change rounded to 4 places
@@ -492,14 +493,16 @@ class TenantRuntime:
                     matches = self._check_close(symbol, timeframe)  # _on_candle_closed, in two parts
                     if matches is not None:
                         await self._after_close(symbol, timeframe, matches)
-                    elif (
-                        self._hold_rows is not None
-                        and symbol not in positions  # the common "no": a position is watched every row
-                        and (until := self.quiet_until(symbol)) > at_ms
-                    ):
-                        self._hold_rows(symbol, until)  # nothing is due here before then
+                    elif self._hold_rows is not None and symbol not in positions:  # a position: every row
+                        quiet.append(symbol)
                 elif (minute := self.clock.now_ms() // 60_000) != self._sample_minute:
                     self._sample_counts(minute)
+        # After the whole instant, which a later row of it may still change for the symbol.
+        hold = self._hold_rows
+        if hold is not None:
+            for symbol in quiet:
+                if (until := self.quiet_until(symbol)) > at_ms:
+                    hold(symbol, until)  # nothing is due here before then
 
     async def _on_candle(self, symbol: str, open_time: int, close: float) -> None:
         self.prices.set_float(symbol, close, open_time)
