@@ -636,8 +636,9 @@ class TenantRuntime:
         trader.series_gates[symbol] = None
 
     def bind_hold(self, hold: RowHold) -> None:
-        """``QuietRows``: a replay lets this runtime have a symbol's rows held back. ``on_rows``
-        offers a hold after each close that needed nothing more (see ``quiet_until``)."""
+        """``QuietRows``: a replay lets this runtime have a symbol's rows held back. At the end of
+        each instant, ``on_rows`` offers a hold for the symbols whose close needed nothing more
+        (see ``quiet_until``)."""
         self._hold_rows = hold
 
     def _release_holds(self) -> None:
