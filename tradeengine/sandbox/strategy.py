@@ -118,34 +118,7 @@ class CompiledStrategy:
             ticker = freeze_ticker(ticker)
         if id(klines) not in FROZEN:
             klines = freeze_klines(klines)
-        turn = self._turn
-        try:
-            turn.pop()
-        except IndexError:
-            self._wait_turn()
-        try:
-            budget = self._budget
-            output = self._output  # empty: every call and the module body leave it so
-            budget.start()
-            try:
-                result = self._function(symbol, ticker, klines)
-                if budget.tripped:
-                    raise LimitExceeded(budget.kind, budget.message)
-                now = monotonic()
-                if now > budget.deadline:  # a result that came too late is no result
-                    budget.check_time(now)
-            except LimitExceeded as exc:
-                raise self._runtime_error(exc, exc.__traceback__) from None
-            except (Exception, RecursionError, MemoryError) as exc:
-                raise self._runtime_error(exc, exc.__traceback__) from None
-            finally:
-                self.last_output = output.take() if output.size or output.truncated else ""
-                budget.depth = 0
-        finally:
-            turn.append(True)
-            if self._waiting:
-                with self._turn_free:
-                    self._turn_free.notify()
+        result = self._call(self._function, (symbol, ticker, klines))
         if type(result) is bool:
             return result
         return self._truth(result)
@@ -170,6 +143,19 @@ class CompiledStrategy:
         if type(window) is not int or window < 1:
             raise ValueError("window must be a positive whole number")
         length = len(history.close)
+        budget = self._budget
+
+        def run() -> NDArray[np.bool_]:
+            return signal_mask(function(symbol, series_klines(timeframe, history, window, budget)), length)
+
+        time_limit_s = self.limits.time_limit_ms / 1000.0 * max(1.0, length / window)
+        result: NDArray[np.bool_] = self._call(run, (), time_limit_s)
+        return result
+
+    def _call(self, function: Callable[..., Any], args: tuple[Any, ...], time_limit_s: float | None = None) -> Any:
+        """Call ``function(*args)`` as strategy code: alone (the turn), within the budget (with
+        ``time_limit_s`` instead of the per-call limit when given), what it prints kept in
+        ``last_output``. A strategy error or a spent limit raises StrategyRuntimeError."""
         turn = self._turn
         try:
             turn.pop()
@@ -177,22 +163,25 @@ class CompiledStrategy:
             self._wait_turn()
         budget = self._budget
         per_call = budget.time_limit_s
-        budget.time_limit_s = per_call * max(1.0, length / window)
         try:
+            if time_limit_s is not None:
+                budget.time_limit_s = time_limit_s
+            output = self._output  # empty: every call and the module body leave it so
             budget.start()
             try:
-                klines = series_klines(timeframe, history, window, budget)
-                result = function(symbol, klines)
+                result = function(*args)
                 if budget.tripped:
                     raise LimitExceeded(budget.kind, budget.message)
-                budget.check_time(monotonic())
-                return signal_mask(result, length)
+                now = monotonic()
+                if now > budget.deadline:  # a result that came too late is no result
+                    budget.check_time(now)
+                return result
             except LimitExceeded as exc:
                 raise self._runtime_error(exc, exc.__traceback__) from None
             except (Exception, RecursionError, MemoryError) as exc:
                 raise self._runtime_error(exc, exc.__traceback__) from None
             finally:
-                self.last_output = self._output.take() if self._output.size or self._output.truncated else ""
+                self.last_output = output.take() if output.size or output.truncated else ""
                 budget.depth = 0
         finally:
             budget.time_limit_s = per_call
