@@ -188,13 +188,7 @@ class AnalysisQueue:
         """Wait until nothing is queued or running (running queued tasks itself with ``run_in_join``)."""
         if self.config.run_in_join:
             while self._heap and self._breaker.state != "open" and self._limiter.wait_ms() <= 0:
-                task = self._take()
-                try:
-                    await self._run(task)
-                except Exception:  # a handler bug must not break the caller's settle
-                    logger.exception("analysis task for signal {} failed in its handler", task.key)
-                finally:
-                    self._done(task)
+                await self._work(self._take())
         while self._queued or self._running:
             self._idle.clear()
             await self._idle.wait()
@@ -277,13 +271,17 @@ class AnalysisQueue:
 
     async def _worker(self) -> None:
         while True:
-            task = await self._next_task()
-            try:
-                await self._run(task)
-            except Exception:  # a handler bug must not kill the worker
-                logger.exception("analysis task for signal {} failed in its handler", task.key)
-            finally:
-                self._done(task)
+            await self._work(await self._next_task())
+
+    async def _work(self, task: AnalysisTask) -> None:
+        """Run a taken task to the end. A handler bug is logged, never raised: it must not kill a
+        worker nor break the settle of a ``join`` that runs tasks itself."""
+        try:
+            await self._run(task)
+        except Exception:
+            logger.exception("analysis task for signal {} failed in its handler", task.key)
+        finally:
+            self._done(task)
 
     async def _run(self, task: AnalysisTask) -> None:
         error = "no attempt made"
