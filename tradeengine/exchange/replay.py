@@ -429,7 +429,7 @@ class ReplayFeed:
         hold: _Holdback | None = None
         quiet = self._quiet
         if quiet is not None and len(row_handlers) == 1 and not handlers and None not in advancers and total:
-            hold = _Holdback(self, store, advancers)  # type: ignore[arg-type]  # none is None: checked
+            hold = _Holdback(self, store)
             quiet.bind_hold(hold.hold)
         held = hold.wake_of if hold is not None else {}
         previous: int | None = None
@@ -459,33 +459,33 @@ class ReplayFeed:
             for at, first, last, closed_by in zip(instants, cuts, cuts[1:], closed, strict=False):
                 if self._stopped:
                     return
-                instant = rows[first:last]
-                woken: list[str] | None = None  # not None: the instant is filtered (some rows held)
+                delivered: Sequence[int] = range(first, last)  # the instant's rows that go out
+                woken: list[str] = []
                 if held:
                     assert hold is not None
                     woken = hold.wake(at) if at >= hold.next_expiry else []
-                    instant = [row for row in instant if row[0] not in held]
-                    if not instant and not woken:
+                    delivered = [k for k in delivered if rows[k][0] not in held]
+                    if not delivered and not woken:
                         self._closed = closed_by
                         continue
+                    instant = [rows[k] for k in delivered]
+                else:
+                    instant = rows[first:last]
                 if sim_clock is None or not sim_clock.jump_to_ms(at):
                     await self._move_clock(at, previous)
                 previous = at
-                if woken is not None:
+                if woken:
                     assert hold is not None
-                    if woken:
-                        instant = hold.catch_up(woken, at) + instant
-                    hold.advance(instant)
-                else:
-                    for k in range(first, last):
-                        row = rows[k]
-                        if row[2] == ROW_TICKER:
-                            continue
-                        advance = advancers[series_of[k]]
-                        if advance is not None:
-                            advance(row[3])
-                        else:
-                            store.update(row[0], row[1], row[3], row[4], row[5], row[6], row[7], row[8])
+                    instant = hold.catch_up(woken, at) + instant  # ticker rows: nothing to store
+                for k in delivered:
+                    row = rows[k]
+                    if row[2] == ROW_TICKER:
+                        continue
+                    advance = advancers[series_of[k]]
+                    if advance is not None:
+                        advance(row[3])
+                    else:
+                        store.update(row[0], row[1], row[3], row[4], row[5], row[6], row[7], row[8])
                 self._closed = closed_by
                 self._last_ms = at
                 for row_handler in row_handlers:
@@ -628,10 +628,9 @@ class _Holdback:
     every row been delivered. ``hold(symbol, 0)`` takes a hold back at the next instant.
     """
 
-    def __init__(self, feed: ReplayFeed, store: KlineStore, advancers: list[Callable[[int], None]]) -> None:
+    def __init__(self, feed: ReplayFeed, store: KlineStore) -> None:
         self._feed = feed
         self._store = store
-        self._advance = {key: advancers[index] for index, key in enumerate(feed.series)}
         self.wake_of: dict[str, int] = {}  # held symbols: their rows before this time are dropped
         self.next_expiry = QUIET_FOREVER  # the earliest of them
         self._final = int(feed._available[-1])
@@ -676,10 +675,3 @@ class _Holdback:
             if k >= 0:
                 rows.append(self._feed._row(tickers.item(k)))
         return rows
-
-    def advance(self, rows: list[EventRow]) -> None:
-        """The store part of delivering ``rows``: every series is attached, so a close is revealed."""
-        advance = self._advance
-        for row in rows:
-            if row[2] == ROW_CLOSE:
-                advance[row[0], row[1]](row[3])
