@@ -9,13 +9,16 @@ import math
 import uuid
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tradeengine.ai import market_data
 from tradeengine.ai.market_data import KlineRowCache, _num, calculate_indicators, kline_rows
+from tradeengine.exchange.files import data_path, load_candles
 from tradeengine.exchange.kline_store import KlineStore
+from tradeengine.exchange.symbols import to_unified
 from tradeengine.indicators import core
 from tradeengine.indicators.klines import Klines
 from tradeengine.runtime.executor import jsonable
@@ -23,6 +26,8 @@ from tradeengine.runtime.heap import frozen_heap
 from tradeengine.sandbox.values import FROZEN, freeze_basic_ticker, freeze_store_klines, freeze_ticker
 
 M = 60_000
+COLUMNS = ("open_time", "open", "high", "low", "close", "volume")
+MARKET = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "market"
 
 
 def _store(n: int = 30) -> KlineStore:
@@ -256,6 +261,33 @@ def test_calculate_indicators_is_core_bit_for_bit(n: int) -> None:
     for k in (plain, gappy):
         got, want = calculate_indicators(k), _indicators_from_core(k)
         assert json.dumps(got) == json.dumps(want)  # same keys, same order, same digits
+
+
+@pytest.mark.parametrize("symbol", ["BTC/USDT", "ADA/USDT"])
+def test_calculate_indicators_is_core_bit_for_bit_on_real_candles(symbol: str) -> None:
+    """The newest-value kernels against the full ones on real 5m candles: windows of every
+    length an analysis sends and of every position against Bollinger's 64-window anchors, at
+    random places (a zero-volume stretch, a flat one, a jump all occur in the files)."""
+    candles = load_candles(data_path(MARKET, to_unified(symbol), "5m"))
+    rng = np.random.default_rng(7)
+    lengths = [*range(195, 336), 1, 2, 26, 34, 1000]
+    for n in lengths:
+        end = int(rng.integers(n, len(candles) + 1))
+        k = Klines.from_arrays(*(getattr(candles, name)[end - n : end] for name in COLUMNS))
+        got, want = calculate_indicators(k), _indicators_from_core(k)
+        assert json.dumps(got) == json.dumps(want), (n, end)
+
+
+def test_bollinger_newest_value_recomputes_a_cancelled_window_like_the_full_kernel() -> None:
+    """A jump between the last anchor (index 83 here) and a flat last window: the running sums
+    are far from the window's mean, the variance cancels, and both kernels redo that window in
+    two passes (with the fallback removed the bands differ)."""
+    rng = np.random.default_rng(3)
+    for n in (130, 140, 147):
+        close = np.where(np.arange(n) < 100, 100.0, 200.0) + rng.normal(size=n) * 1e-5
+        k = Klines.from_arrays(np.arange(n, dtype=np.int64) * M, close, close + 1e-4, close - 1e-4, close, np.ones(n))
+        upper, middle, lower = core.bollinger_bands(k.close, 20, 2.0)
+        assert calculate_indicators(k)["bb"] == {"upper": upper[-1], "middle": middle[-1], "lower": lower[-1]}
 
 
 def _jsonable_reference(value: object) -> object:
