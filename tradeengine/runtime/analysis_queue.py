@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
+from uuid import UUID
 
 from loguru import logger
 
@@ -46,8 +47,10 @@ class AnalysisTask:
     enqueued_ms: int = 0
 
     @property
-    def key(self) -> str:
-        return str(self.request.signal_id)
+    def key(self) -> UUID:
+        """The signal's id: one analysis per signal is queued or running at a time. (Its text
+        would cost a UUID formatting per lookup, several per task.)"""
+        return self.request.signal_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +150,8 @@ class AnalysisQueue:
         self.config = config or QueueConfig()
         self._rng = rng or random.Random()  # jitter only; seeded in tests
         self._heap: list[tuple[int, int, AnalysisTask]] = []
-        self._queued: dict[str, AnalysisTask] = {}
-        self._running: set[str] = set()
+        self._queued: dict[UUID, AnalysisTask] = {}
+        self._running: set[UUID] = set()
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -172,8 +175,8 @@ class AnalysisQueue:
     def breaker_state(self) -> str:
         return self._breaker.state
 
-    def is_pending(self, signal_key: str) -> bool:
-        return signal_key in self._queued or signal_key in self._running
+    def is_pending(self, signal_id: UUID) -> bool:
+        return signal_id in self._queued or signal_id in self._running
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:

@@ -837,7 +837,7 @@ class TenantRuntime:
 
     def _enqueue(self, signal: LiveSignal, priority: Priority, *, reanalysis: bool) -> None:
         trader = self.state.traders.get(signal.trader_id)
-        if trader is None or self.queue.is_pending(str(signal.id)):
+        if trader is None or self.queue.is_pending(signal.id):
             return
         try:
             request = self._analysis_request(trader, signal, reanalysis=reanalysis)
@@ -915,7 +915,7 @@ class TenantRuntime:
         for signal in list(self.state.signals.values()):
             if signal.trader_id != trader.id or (symbol is not None and signal.symbol != symbol):
                 continue
-            if self.queue.is_pending(str(signal.id)):
+            if self.queue.is_pending(signal.id):
                 continue
             if signal.status is SignalStatus.POSITION_OPEN:
                 priority = Priority.POSITION
