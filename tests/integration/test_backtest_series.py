@@ -61,6 +61,29 @@ async def test_series_form_trades_exactly_as_every_close_checked() -> None:
     assert verified.checks == off.checks
 
 
+async def test_rsi_example_series_form_trades_exactly_as_every_close_checked() -> None:
+    """The RSI example's series form (``ta.rsi``: RSI seeded at each close's own view) on 1h
+    closes over the May 2021 sell-off."""
+    results = {}
+    modes: tuple[Literal["use", "off"], ...] = ("use", "off")
+    for mode in modes:
+        found = TraderSpec.from_example(example("rsi_reversal"))
+        config = BacktestConfig(
+            traders=(replace(found, max_open_positions=len(SYMBOLS)),),
+            data_dir=DATA,
+            symbols=SYMBOLS,
+            start=datetime(2021, 4, 15, tzinfo=UTC),
+            end=datetime(2021, 6, 30, tzinfo=UTC),
+            signal_series=mode,
+        )
+        results[mode] = await run_backtest(config)
+    used, off = results["use"], results["off"]
+    assert len(used.trades) > 5
+    assert trade_list(used) == trade_list(off)
+    assert used.summary == off.summary
+    assert off.series_skips == 0 and used.checks < 0.1 * off.checks
+
+
 @pytest.mark.parametrize(("mode", "days"), [("verify", 3), ("use", 20)])
 async def test_series_form_that_misses_matches_fails_the_backtest(mode: Literal["use", "verify"], days: int) -> None:
     with pytest.raises(BacktestError, match="where signal_series said no") as caught:

@@ -18,6 +18,7 @@ from tradeengine.exchange.files import data_path, load_candles
 from tradeengine.indicators import (
     get_highest_high,
     get_latest_bollinger_bands,
+    get_latest_rsi,
     get_latest_sma,
     get_latest_volume,
     get_latest_volume_ma,
@@ -26,7 +27,7 @@ from tradeengine.indicators import (
 from tradeengine.indicators.klines import Klines
 from tradeengine.sandbox import StrategyCompileError, StrategyRuntimeError, compile_strategy
 from tradeengine.sandbox.limits import Budget, SandboxLimits
-from tradeengine.sandbox.series import bollinger_bands, highest, lowest, rolling_sum, series_klines, sma
+from tradeengine.sandbox.series import bollinger_bands, highest, lowest, rolling_sum, rsi, series_klines, sma
 from tradeengine.sandbox.values import freeze_ticker
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "market"
@@ -81,6 +82,18 @@ def test_bollinger_example_series_equals_check_signal_at_every_close(btc: Klines
     assert 500 < int(mask.sum()) < 5000  # it does fire, and not everywhere
 
 
+def test_rsi_example_series_equals_check_signal_at_every_close() -> None:
+    k = load_candles(data_path(DATA, "SOL/USDT", "1h"))
+    source = example("rsi_reversal").source
+    mask = series_of(source, k, timeframe="1h")
+    strategy = compile_strategy(source, time_limit_ms=GENEROUS_MS)
+    checks = np.array([strategy.check_signal("SOL/USDT", TICKER, {"1h": view_at(k, i)}) for i in range(len(k.close))])
+    # check_signal also refuses views under 50 candles; beyond that the two are the same function.
+    assert not checks[:49].any()
+    assert np.array_equal(mask[49:], checks[49:])
+    assert 10 < int(mask.sum()) < 500  # it does fire (22 times on SOL), and not everywhere
+
+
 @pytest.mark.parametrize("window", [WINDOW, 15])
 def test_ta_helpers_are_bit_identical_to_latest_helpers(btc: Klines, window: int) -> None:
     k = Klines(*(column[:3000] for column in (btc.open_time, btc.open, btc.high, btc.low, btc.close, btc.volume)))
@@ -93,6 +106,8 @@ def test_ta_helpers_are_bit_identical_to_latest_helpers(btc: Klines, window: int
         "volume_sum": rolling_sum(candles.column("volume"), 3)._values,
         "highest": highest(candles.column("high"), 14)._values,
         "lowest": lowest(candles.column("low"), 14)._values,
+        "rsi": rsi(candles, 14)._values,
+        "rsi_2": rsi(candles.column("open"), 2)._values,
         "bb": [band._values for band in bollinger_bands(candles, 20, 2.5)],
     }
     for i in range(len(k.close)):
@@ -103,6 +118,8 @@ def test_ta_helpers_are_bit_identical_to_latest_helpers(btc: Klines, window: int
             "volume_sum": get_latest_volume(view, 3),
             "highest": get_highest_high(view, 14),
             "lowest": get_lowest_low(view, 14),
+            "rsi": get_latest_rsi(view, 14),
+            "rsi_2": get_latest_rsi(Klines(view.open_time, *[view.open] * 4, view.volume), 2),
         }
         for name, value in expected.items():
             assert _same(got[name][i], value), (name, i)

@@ -12,3 +12,10 @@ def check_signal(symbol, ticker, klines):
     closes = candles.close
     # Oversold, and the last candle closed up: the selling is pausing, not accelerating.
     return rsi < 30 and closes[-1] > closes[-2]
+
+
+def signal_series(symbol, klines):
+    # The same condition for every close of a replay at once (backtests skip check_signal where
+    # this is false). ta.rsi gives, close by close, what get_latest_rsi gives on check_signal's view.
+    candles = klines["1h"]
+    return (ta.rsi(candles, 14) < 30) & (candles.close > candles.close.shift(1))

@@ -891,6 +891,23 @@ def window_sums(x: FloatArray, period: int) -> FloatArray:
 
 
 @_jit
+def window_rsi(x: FloatArray, window: int, period: int) -> FloatArray:
+    """Value i: ``get_latest_rsi`` of the newest ``window`` values up to i (``x[i - window + 1:
+    i + 1]``, fewer at the start): ``rsi`` run over that view from its first non-NaN value, NaN
+    when the view has ``period`` values or fewer. RSI is seeded at the view's start, so each
+    close runs its own window: O(n * window)."""
+    n = len(x)
+    out = np.full(n, np.nan)
+    for i in range(period, n):
+        lo = max(0, i + 1 - window)
+        b = lo
+        while b <= i and math.isnan(x[b]):
+            b += 1
+        out[i] = _newest_rsi(x[lo : i + 1], b - lo, period)
+    return out
+
+
+@_jit
 def window_bbands(x: FloatArray, period: int, std_dev: float) -> Triple:
     """Value i: ``last_bbands(x[: i + 1], period, std_dev)``; NaN before the first full window."""
     n = len(x)
@@ -1335,6 +1352,7 @@ def warm_up() -> None:
     volume_change(x, 2)
     window_sums(x, 2)
     window_bbands(x, 2, 2.0)
+    window_rsi(x, 4, 2)
     window_max(x, 2)
     window_min(x, 2)
     latest_market_indicators(x, x, x, x, 0, 0, MARKET_PERIODS)

@@ -282,6 +282,17 @@ def bollinger_bands(series: Any, period: int = 20, std_dev: float = 2.0) -> tupl
     return s._new(upper), s._new(middle), s._new(lower)
 
 
+def rsi(series: Any, period: int = 14) -> Series:
+    """RSI per close, as ``get_latest_rsi`` on the view ``check_signal`` gets there. Wilder's
+    smoothing starts at that view's first candle, so the value depends on the window, and each
+    close is computed over its own (slower than the window-only helpers: n x window steps)."""
+    s = _series(series, "rsi")
+    period = _period(period, "period")
+    if period >= s._window:  # every view has ``period`` candles or fewer
+        return _all_nan(s)
+    return s._new(_k.window_rsi(_float_input(s), s._window, period))
+
+
 def crossed_above(left: Any, right: Any) -> Series:
     """True where ``left`` moved from <= ``right`` on the previous close to > on this one."""
     a, b, b_before = _crossing(left, right, "crossed_above")
@@ -311,6 +322,7 @@ TA = SafeModule(
         "highest": highest,
         "lowest": lowest,
         "bollinger_bands": bollinger_bands,
+        "rsi": rsi,
         "crossed_above": crossed_above,
         "crossed_below": crossed_below,
     },
