@@ -17,7 +17,10 @@ from tradeengine.examples import example
 from tradeengine.exchange.files import data_path, load_candles
 from tradeengine.indicators import (
     get_highest_high,
+    get_latest_atr,
     get_latest_bollinger_bands,
+    get_latest_ema,
+    get_latest_macd,
     get_latest_rsi,
     get_latest_sma,
     get_latest_volume,
@@ -27,7 +30,18 @@ from tradeengine.indicators import (
 from tradeengine.indicators.klines import Klines
 from tradeengine.sandbox import StrategyCompileError, StrategyRuntimeError, compile_strategy
 from tradeengine.sandbox.limits import Budget, SandboxLimits
-from tradeengine.sandbox.series import bollinger_bands, highest, lowest, rolling_sum, rsi, series_klines, sma
+from tradeengine.sandbox.series import (
+    atr,
+    bollinger_bands,
+    ema,
+    highest,
+    lowest,
+    macd,
+    rolling_sum,
+    rsi,
+    series_klines,
+    sma,
+)
 from tradeengine.sandbox.values import freeze_ticker
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "market"
@@ -94,7 +108,7 @@ def test_rsi_example_series_equals_check_signal_at_every_close() -> None:
     assert 10 < int(mask.sum()) < 500  # it does fire (22 times on SOL), and not everywhere
 
 
-@pytest.mark.parametrize("window", [WINDOW, 15])
+@pytest.mark.parametrize("window", [WINDOW, 40, 15])
 def test_ta_helpers_are_bit_identical_to_latest_helpers(btc: Klines, window: int) -> None:
     k = Klines(*(column[:3000] for column in (btc.open_time, btc.open, btc.high, btc.low, btc.close, btc.volume)))
     budget = Budget(SandboxLimits(time_limit_ms=600_000))
@@ -108,6 +122,9 @@ def test_ta_helpers_are_bit_identical_to_latest_helpers(btc: Klines, window: int
         "lowest": lowest(candles.column("low"), 14)._values,
         "rsi": rsi(candles, 14)._values,
         "rsi_2": rsi(candles.column("open"), 2)._values,
+        "ema": ema(candles, 12)._values,
+        "atr": atr(candles, 14)._values,
+        "macd": [part._values for part in macd(candles, 26, 12, 9)],  # swapped periods, as the helper takes them
         "bb": [band._values for band in bollinger_bands(candles, 20, 2.5)],
     }
     for i in range(len(k.close)):
@@ -120,11 +137,15 @@ def test_ta_helpers_are_bit_identical_to_latest_helpers(btc: Klines, window: int
             "lowest": get_lowest_low(view, 14),
             "rsi": get_latest_rsi(view, 14),
             "rsi_2": get_latest_rsi(Klines(view.open_time, *[view.open] * 4, view.volume), 2),
+            "ema": get_latest_ema(view, 12),
+            "atr": get_latest_atr(view, 14),
         }
         for name, value in expected.items():
             assert _same(got[name][i], value), (name, i)
         for band, value in zip(got["bb"], get_latest_bollinger_bands(view, 20, 2.5), strict=True):
             assert _same(band[i], value), ("bb", i)
+        for part, value in zip(got["macd"], get_latest_macd(view, 26, 12, 9), strict=True):
+            assert _same(part[i], value), ("macd", i)
 
 
 def _same(a: float, b: float) -> bool:

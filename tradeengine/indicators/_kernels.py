@@ -912,19 +912,65 @@ def window_sums(x: FloatArray, period: int) -> FloatArray:
 
 
 @_jit
+def _view_start(x: FloatArray, lo: int, i: int) -> int:
+    """``core._begin`` of the view ``x[lo : i + 1]``: its first non-NaN offset (its length if none)."""
+    b = lo
+    while b <= i and math.isnan(x[b]):
+        b += 1
+    return b - lo
+
+
+# The history-dependent indicators seed at the first candle they are given, so their value at a
+# close depends on where check_signal's view starts: value i runs the newest-value kernel over
+# that close's own view, ``x[i - window + 1 : i + 1]`` (fewer at the start), O(n * window).
+
+
+@_jit
+def window_ema(x: FloatArray, window: int, period: int, k: float) -> FloatArray:
+    """Value i: ``get_latest_ema`` of the view ending at i."""
+    n = len(x)
+    out = np.full(n, np.nan)
+    for i in range(period - 1, n):
+        lo = max(0, i + 1 - window)
+        out[i] = _newest_ema(x[lo : i + 1], _view_start(x, lo, i), period, k)
+    return out
+
+
+@_jit
 def window_rsi(x: FloatArray, window: int, period: int) -> FloatArray:
-    """Value i: ``get_latest_rsi`` of the newest ``window`` values up to i (``x[i - window + 1:
-    i + 1]``, fewer at the start): ``rsi`` run over that view from its first non-NaN value, NaN
-    when the view has ``period`` values or fewer. RSI is seeded at the view's start, so each
-    close runs its own window: O(n * window)."""
+    """Value i: ``get_latest_rsi`` of the view ending at i (NaN for views of ``period`` values
+    or fewer)."""
     n = len(x)
     out = np.full(n, np.nan)
     for i in range(period, n):
         lo = max(0, i + 1 - window)
+        out[i] = _newest_rsi(x[lo : i + 1], _view_start(x, lo, i), period)
+    return out
+
+
+@_jit
+def window_macd(x: FloatArray, window: int, fast: int, slow: int, signal: int) -> Triple:
+    """Value i: ``get_latest_macd`` of the view ending at i (line, signal, histogram)."""
+    n = len(x)
+    line, sig, hist = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    for i in range(slow + signal - 2, n):
+        lo = max(0, i + 1 - window)
+        line[i], sig[i], hist[i] = _newest_macd(x[lo : i + 1], _view_start(x, lo, i), fast, slow, signal)
+    return line, sig, hist
+
+
+@_jit
+def window_atr(high: FloatArray, low: FloatArray, close: FloatArray, window: int, period: int) -> FloatArray:
+    """Value i: ``get_latest_atr`` of the view ending at i (NaN for views of ``period`` candles
+    or fewer); the view starts at its first candle with no NaN in high, low and close."""
+    n = len(close)
+    out = np.full(n, np.nan)
+    for i in range(period, n):
+        lo = max(0, i + 1 - window)
         b = lo
-        while b <= i and math.isnan(x[b]):
+        while b <= i and (math.isnan(high[b]) or math.isnan(low[b]) or math.isnan(close[b])):
             b += 1
-        out[i] = _newest_rsi(x[lo : i + 1], b - lo, period)
+        out[i] = _newest_atr(high[lo : i + 1], low[lo : i + 1], close[lo : i + 1], b - lo, period)
     return out
 
 
@@ -1330,7 +1376,10 @@ def warm_up() -> None:
     volume_change(x, 2)
     window_sums(x, 2)
     window_bbands(x, 2, 2.0)
+    window_ema(x, 4, 2, 0.5)
     window_rsi(x, 4, 2)
+    window_macd(x, 4, 2, 3, 2)
+    window_atr(x, x, x, 4, 2)
     window_max(x, 2)
     window_min(x, 2)
     latest_market_indicators(x, x, x, x, 0, 0, MARKET_PERIODS)

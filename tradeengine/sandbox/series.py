@@ -282,15 +282,57 @@ def bollinger_bands(series: Any, period: int = 20, std_dev: float = 2.0) -> tupl
     return s._new(upper), s._new(middle), s._new(lower)
 
 
+# EMA, RSI, MACD and ATR seed at the first candle they are given, so their value at a close
+# depends on where check_signal's view starts: each close runs the recursion over its own view
+# (``n x window`` steps against ``n`` for the window-only helpers above).
+
+
+def ema(series: Any, period: int = 20) -> Series:
+    """Exponential moving average per close, as ``get_latest_ema`` on ``check_signal``'s view."""
+    s = _series(series, "ema")
+    period = _period(period, "period")
+    if period > s._window:  # every view is shorter than ``period``
+        return _all_nan(s)
+    return s._new(_k.window_ema(_float_input(s), s._window, period, 2.0 / (period + 1)))
+
+
 def rsi(series: Any, period: int = 14) -> Series:
-    """RSI per close, as ``get_latest_rsi`` on the view ``check_signal`` gets there. Wilder's
-    smoothing starts at that view's first candle, so the value depends on the window, and each
-    close is computed over its own (slower than the window-only helpers: n x window steps)."""
+    """RSI per close, as ``get_latest_rsi`` on ``check_signal``'s view."""
     s = _series(series, "rsi")
     period = _period(period, "period")
     if period >= s._window:  # every view has ``period`` candles or fewer
         return _all_nan(s)
     return s._new(_k.window_rsi(_float_input(s), s._window, period))
+
+
+def macd(
+    series: Any, fast_period: int = 12, slow_period: int = 26, signal_period: int = 9
+) -> tuple[Series, Series, Series]:
+    """(macd, signal, histogram) per close, as ``get_latest_macd`` on ``check_signal``'s view."""
+    s = _series(series, "macd")
+    fast_period = _period(fast_period, "fast_period")
+    slow_period = _period(slow_period, "slow_period")
+    signal_period = _period(signal_period, "signal_period")
+    fast, slow = sorted((fast_period, slow_period))  # as get_latest_macd
+    if slow + signal_period - 1 > s._window:
+        return _all_nan(s), _all_nan(s), _all_nan(s)
+    x = _float_input(s)
+    s._vet()  # three results, one vetted with the input
+    s._vet()
+    line, signal, hist = _k.window_macd(x, s._window, fast, slow, signal_period)
+    return s._new(line), s._new(signal), s._new(hist)
+
+
+def atr(candles: Any, period: int = 14) -> Series:
+    """Average true range per close, as ``get_latest_atr`` on ``check_signal``'s view."""
+    if type(candles) is not SeriesCandles:
+        raise TypeError(f"ta.atr() takes candles (high, low and close), not {_describe(candles)}")
+    period = _period(period, "period")
+    close = candles.column("close")
+    if period >= close._window:
+        return _all_nan(close)
+    high, low = _float_input(candles.column("high")), _float_input(candles.column("low"))
+    return close._new(_k.window_atr(high, low, _float_input(close), close._window, period))
 
 
 def crossed_above(left: Any, right: Any) -> Series:
@@ -322,7 +364,10 @@ TA = SafeModule(
         "highest": highest,
         "lowest": lowest,
         "bollinger_bands": bollinger_bands,
+        "ema": ema,
         "rsi": rsi,
+        "macd": macd,
+        "atr": atr,
         "crossed_above": crossed_above,
         "crossed_below": crossed_below,
     },
