@@ -911,15 +911,6 @@ def window_sums(x: FloatArray, period: int) -> FloatArray:
     return out
 
 
-@_jit
-def _view_start(x: FloatArray, lo: int, i: int) -> int:
-    """``core._begin`` of the view ``x[lo : i + 1]``: its first non-NaN offset (its length if none)."""
-    b = lo
-    while b <= i and math.isnan(x[b]):
-        b += 1
-    return b - lo
-
-
 # The history-dependent indicators seed at the first candle they are given, so their value at a
 # close depends on where check_signal's view starts: value i runs the newest-value kernel over
 # that close's own view, ``x[i - window + 1 : i + 1]`` (fewer at the start), O(n * window).
@@ -931,8 +922,8 @@ def window_ema(x: FloatArray, window: int, period: int, k: float) -> FloatArray:
     n = len(x)
     out = np.full(n, np.nan)
     for i in range(period - 1, n):
-        lo = max(0, i + 1 - window)
-        out[i] = _newest_ema(x[lo : i + 1], _view_start(x, lo, i), period, k)
+        view = x[max(0, i + 1 - window) : i + 1]
+        out[i] = _newest_ema(view, first_valid(view, view, view), period, k)
     return out
 
 
@@ -943,8 +934,8 @@ def window_rsi(x: FloatArray, window: int, period: int) -> FloatArray:
     n = len(x)
     out = np.full(n, np.nan)
     for i in range(period, n):
-        lo = max(0, i + 1 - window)
-        out[i] = _newest_rsi(x[lo : i + 1], _view_start(x, lo, i), period)
+        view = x[max(0, i + 1 - window) : i + 1]
+        out[i] = _newest_rsi(view, first_valid(view, view, view), period)
     return out
 
 
@@ -954,8 +945,8 @@ def window_macd(x: FloatArray, window: int, fast: int, slow: int, signal: int) -
     n = len(x)
     line, sig, hist = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     for i in range(slow + signal - 2, n):
-        lo = max(0, i + 1 - window)
-        line[i], sig[i], hist[i] = _newest_macd(x[lo : i + 1], _view_start(x, lo, i), fast, slow, signal)
+        view = x[max(0, i + 1 - window) : i + 1]
+        line[i], sig[i], hist[i] = _newest_macd(view, first_valid(view, view, view), fast, slow, signal)
     return line, sig, hist
 
 
@@ -967,10 +958,8 @@ def window_atr(high: FloatArray, low: FloatArray, close: FloatArray, window: int
     out = np.full(n, np.nan)
     for i in range(period, n):
         lo = max(0, i + 1 - window)
-        b = lo
-        while b <= i and (math.isnan(high[b]) or math.isnan(low[b]) or math.isnan(close[b])):
-            b += 1
-        out[i] = _newest_atr(high[lo : i + 1], low[lo : i + 1], close[lo : i + 1], b - lo, period)
+        h, lw, c = high[lo : i + 1], low[lo : i + 1], close[lo : i + 1]
+        out[i] = _newest_atr(h, lw, c, first_valid(h, lw, c), period)
     return out
 
 
