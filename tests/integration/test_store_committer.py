@@ -82,7 +82,14 @@ async def test_a_failed_merge_stops_the_rest_and_is_raised(sqlite_url: str, tmp_
 async def test_the_url_is_not_on_the_command_line(postgres_url: str) -> None:
     committer = ProcessCommitter(postgres_url)
     try:
-        cmdline = await asyncio.to_thread(Path(f"/proc/{committer._process.pid}/cmdline").read_bytes)
+        proc = Path(f"/proc/{committer._process.pid}/cmdline")
+        # Popen returns once the child has exec'd, yet /proc can show an empty argv for a moment
+        # after (seen about once in 40 spawns): wait for it, up to a second.
+        for _ in range(100):
+            cmdline = await asyncio.to_thread(proc.read_bytes)
+            if cmdline:
+                break
+            await asyncio.sleep(0.01)
         assert b"tradeengine.store.committer" in cmdline
         assert b"postgresql" not in cmdline and b"@" not in cmdline
         await committer.drain()
