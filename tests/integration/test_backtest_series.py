@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -107,15 +108,37 @@ async def stored_analyses(url: str) -> list[tuple[object, ...]]:
         await engine.dispose()
 
 
-async def test_rows_held_back_from_quiet_symbols_change_nothing(tmp_path: Path) -> None:
-    """Held back (no position, no signal, the series form rules the close out) or delivered,
-    every row stored, trade and counter is the same; the market data an analysis stored shows
-    the symbol caught up (candles, ticker) as if it had seen every row."""
+def held_back_traders(setup: str) -> tuple[TraderSpec, ...]:
+    bollinger = replace(
+        TraderSpec.from_example(example("bollinger_breakout")), name="bollinger", max_open_positions=len(SYMBOLS)
+    )
+    if setup == "bollinger":
+        return (bollinger,)
+    # Two traders on each symbol (the feed holds a symbol for both), trailing stops (the band
+    # follows each new extreme), and shorts (the RSI trader sells: the band's edges swap roles).
+    rsi = TraderSpec.from_example(example("rsi_reversal"))
+    short_rsi = replace(
+        rsi,
+        name="short-rsi",
+        ai_instructions="Go short when the hourly RSI is stretched; bearish setups only.",
+        max_open_positions=len(SYMBOLS),
+        trailing_stop_pct=Decimal("1.5"),
+        take_profit_pct=Decimal(6),
+    )
+    trailing = replace(bollinger, name="trailing", trailing_stop_pct=Decimal("0.8"), take_profit_pct=None)
+    return trailing, short_rsi
+
+
+@pytest.mark.parametrize("setup", ["bollinger", "trailing-and-short"])
+async def test_rows_held_back_from_quiet_symbols_change_nothing(tmp_path: Path, setup: str) -> None:
+    """Held back (no position, or positions whose stops the price stays clear of, no signal due
+    for re-analysis, the series form rules the close out) or delivered, every row stored, trade
+    and counter is the same; the market data an analysis stored shows the symbol caught up
+    (candles, ticker) as if it had seen every row."""
     results = {}
     for hold in (True, False):
-        found = TraderSpec.from_example(example("bollinger_breakout"))
         config = BacktestConfig(
-            traders=(replace(found, name="bollinger", max_open_positions=len(SYMBOLS)),),
+            traders=held_back_traders(setup),
             data_dir=DATA,
             symbols=SYMBOLS,
             start=datetime(2021, 5, 1, tzinfo=UTC),
@@ -126,6 +149,18 @@ async def test_rows_held_back_from_quiet_symbols_change_nothing(tmp_path: Path) 
         results[hold] = await run_backtest(config)
     held, delivered = results[True], results[False]
     assert len(held.trades) > 5
+    if setup != "bollinger":  # what the setup is for did happen
+        assert {"long", "short"} <= {t.side for t in held.trades}
+        assert "trailing_stop" in {t.close_reason for t in held.trades}
+        # Both traders in a position on one symbol at once: the feed held it for the two bands.
+        assert any(
+            a.symbol == b.symbol
+            and a.trader != b.trader
+            and a.opened_at < (b.closed_at or a.opened_at)
+            and b.opened_at < (a.closed_at or b.opened_at)
+            for a in held.trades
+            for b in held.trades
+        )
     assert trade_list(held) == trade_list(delivered)
     assert held.summary == delivered.summary
     assert (held.checks, held.series_skips) == (delivered.checks, delivered.series_skips)

@@ -90,6 +90,72 @@ async def test_held_rows_go_nowhere_and_the_symbol_is_caught_up_before_its_next_
     assert feed.status().candles_closed == closes
 
 
+async def _every_row() -> list[tuple[int, EventRow]]:
+    full = _feed()
+    every: list[tuple[int, EventRow]] = []
+
+    async def record(at: int, rows: list[EventRow]) -> None:
+        every.extend((at, row) for row in rows)
+
+    full.subscribe_rows(record)
+    await full.run()
+    return every
+
+
+class BandRecorder:
+    """Holds ETH at ``hold_at`` until ``until`` while its price stays inside ``band``."""
+
+    def __init__(self, hold_at: int, until: int, band: tuple[float, float]) -> None:
+        self.hold_at, self.until, self.band = hold_at, until, band
+        self.rows: list[tuple[int, EventRow]] = []
+        self.hold: RowHold | None = None
+
+    def bind_hold(self, hold: RowHold) -> None:
+        self.hold = hold
+
+    async def __call__(self, at: int, rows: list[EventRow]) -> None:
+        self.rows.extend((at, row) for row in rows)
+        if at == self.hold_at:
+            assert self.hold is not None
+            self.hold("ETH/USDT", self.until, *self.band)
+
+
+@pytest.mark.parametrize("edge", ["high", "low", "none"])
+async def test_a_hold_with_a_band_ends_at_the_first_row_priced_on_or_beyond_an_edge(edge: str) -> None:
+    every = await _every_row()
+    hold_at, until = START + 7 * STEP, START + 40 * STEP
+    # ETH's rows after the hold (candle closes and ticker lasts), in delivery order, before ``until``.
+    later = [(at, row[7]) for at, row in every if row[0] == "ETH/USDT" and hold_at < at < until]
+    prices = [price for _, price in later[:12]]
+    # The band's edge is exactly a later row's price (an edge counts as outside); the other edge
+    # is out of reach. "none": both out of reach, the hold runs to ``until``.
+    low, high = min(prices) - 1000.0, max(prices) + 1000.0
+    if edge == "high":
+        high = max(prices)
+        exit_at = next(at for at, price in later if price >= high)
+    elif edge == "low":
+        low = min(prices)
+        exit_at = next(at for at, price in later if price <= low)
+    else:
+        exit_at = until
+    assert hold_at < exit_at <= until
+
+    feed = _feed()
+    handler = BandRecorder(hold_at, until, (low, high))
+    feed.subscribe_rows(handler, handler)
+    await feed.run()
+
+    eth_at = sorted({at for at, row in handler.rows if row[0] == "ETH/USDT"})
+    skipped = [at for at in sorted({at for at, row in every if row[0] == "ETH/USDT"}) if at not in eth_at]
+    assert skipped == list(range(hold_at + STEP, exit_at, STEP))
+    woke = [row for at, row in handler.rows if at == exit_at and row[0] == "ETH/USDT"]
+    if exit_at > hold_at + STEP:  # caught up: the latest held ticker row first, then the instant's rows
+        held = [row for at, row in every if at < exit_at and row[0] == "ETH/USDT" and row[2] == ROW_TICKER]
+        assert woke[0] == held[-1]
+        woke = woke[1:]
+    assert woke == [row for at, row in every if at == exit_at and row[0] == "ETH/USDT"]
+
+
 @pytest.mark.parametrize("every", [1, 2, 5, 32])
 def test_next_needed_is_the_first_verdict_after_the_last_that_is_not_a_skip(every: int) -> None:
     rng = np.random.default_rng(every)

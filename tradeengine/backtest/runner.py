@@ -101,9 +101,10 @@ class BacktestConfig:
     # (auditing a sample of those closes), "verify" checks every close anyway and fails on any
     # disagreement, "off" ignores it.
     signal_series: Literal["use", "verify", "off"] = "use"
-    # Hold back the rows of a symbol while they would change nothing but its price (no position,
-    # no signal, the series form rules its closes out; see QuietRows). False: every row to the
-    # runtime. The trades, the rows stored and the counters are the same either way.
+    # Hold back the rows of a symbol while they would change nothing but its price (the series
+    # form rules its closes out, no re-analysis due, the price clear of its positions' stops; see
+    # QuietRows). False: every row to the runtime. The trades, the rows stored and the counters are
+    # the same either way; only the progress bar's equity may lag on a held symbol's price.
     hold_quiet_rows: bool = True
 
 

@@ -8,7 +8,7 @@ candle, in open-time order, also for candles that closed while a live feed was d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import NamedTuple, Protocol
@@ -97,18 +97,26 @@ ROW_TICKER = 2
 EventRow = tuple[str, str, int, int, float, float, float, float, float]
 
 QUIET_FOREVER = 1 << 62  # a hold that never ends by itself (see QuietRows)
-RowHold = Callable[[str, int], None]  # hold(symbol, until_ms); see QuietRows
+
+
+class RowHold(Protocol):
+    """``hold(symbol, until_ms)`` or ``hold(symbol, until_ms, low, high)``; see QuietRows."""
+
+    def __call__(self, symbol: str, until_ms: int, low: float = -math.inf, high: float = math.inf) -> None: ...
 
 
 class QuietRows(Protocol):
     """A row handler that tells a replay when a symbol's rows would change nothing for it.
 
-    Most of a backtest's rows change nothing but a price: no position to watch, and a strategy
-    whose series form rules the close out. ``ReplayFeed.subscribe_rows(handler, quiet=...)``
-    calls ``bind_hold`` once; the handler then calls ``hold(symbol, until_ms)`` when the symbol's
-    rows available before ``until_ms`` would change nothing, and ``hold(symbol, 0)`` to take that
-    back. Held rows go nowhere; before the symbol's next rows the feed brings it up to date (its
-    candles in the store, its latest ticker row delivered first).
+    Most of a backtest's rows change nothing but a price: no position to watch, or positions whose
+    stops the price stays clear of, and a strategy whose series form rules the close out.
+    ``ReplayFeed.subscribe_rows(handler, quiet=...)`` calls ``bind_hold`` once; the handler then
+    calls ``hold(symbol, until_ms)`` when the symbol's rows available before ``until_ms`` would
+    change nothing, or ``hold(symbol, until_ms, low, high)`` when that holds only while their
+    price (a candle's close, a ticker's last) stays strictly between ``low`` and ``high``: the
+    hold then ends early, at the first instant with a row priced at or beyond either edge.
+    ``hold(symbol, 0)`` takes a hold back. Held rows go nowhere; before the symbol's next rows
+    the feed brings it up to date (its candles in the store, its latest ticker row delivered first).
     """
 
     def bind_hold(self, hold: RowHold) -> None: ...

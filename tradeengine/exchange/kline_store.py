@@ -359,6 +359,14 @@ class KlineStore:
             return -1
         return series.end - 1
 
+    def next_hidden_open_time(self, symbol: str, timeframe: str) -> int | None:
+        """Open time of an attached series' first candle not revealed yet (a replay knows its
+        future), or None when the series is not attached or has revealed everything."""
+        series = self._series.get((symbol, timeframe))
+        if series is None or not series.attached or series.end >= len(series.times):
+            return None
+        return int(series.times.item(series.end))
+
     def klines(self, symbol: str, timeframe: str, count: int | None = None) -> Klines:
         """Return a zero-copy, read-only view of the last ``count`` candles (all when None)."""
         series = self._get(symbol, timeframe)

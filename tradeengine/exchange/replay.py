@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -439,23 +440,12 @@ class ReplayFeed:
             end = min(begin + 4096, total)
             if end < total:
                 end = int(np.searchsorted(available, available[end - 1], side="right"))
-            # Rows are zipped from whole columns (C loops): per-row Python would cost more than the row.
             indexes = self._series_index[begin:end]
             times = available[begin:end]
-            rows: list[EventRow] = list(
-                zip(
-                    symbols[indexes].tolist(),
-                    timeframes[indexes].tolist(),
-                    self._kind[begin:end].tolist(),
-                    self._open_time[begin:end].tolist(),
-                    *self._values[:, begin:end].tolist(),
-                    strict=True,
-                )
-            )
-            cuts = [0, *(np.flatnonzero(times[1:] != times[:-1]) + 1).tolist(), len(rows)]
+            names, frames, series_of = symbols[indexes].tolist(), timeframes[indexes].tolist(), indexes.tolist()
+            cuts = [0, *(np.flatnonzero(times[1:] != times[:-1]) + 1).tolist(), len(times)]
             instants = times[cuts[:-1]].tolist()
             closed = closed_until[begin + np.array(cuts[1:]) - 1].tolist()
-            series_of = indexes.tolist()
             for at, first, last, closed_by in zip(instants, cuts, cuts[1:], closed, strict=False):
                 if self._stopped:
                     return
@@ -464,13 +454,24 @@ class ReplayFeed:
                 if held:
                     assert hold is not None
                     woken = hold.wake(at) if at >= hold.next_expiry else []
-                    delivered = [k for k in delivered if rows[k][0] not in held]
+                    delivered = [k for k in delivered if names[k] not in held]
                     if not delivered and not woken:
                         self._closed = closed_by
                         continue
-                    instant = [rows[k] for k in delivered]
-                else:
-                    instant = rows[first:last]
+                # The instant's rows, zipped from its column slices (C loops): only instants that go
+                # out are built, which with holds is a small part of the stream.
+                lo, hi = begin + first, begin + last
+                span: list[EventRow] = list(
+                    zip(
+                        names[first:last],
+                        frames[first:last],
+                        self._kind[lo:hi].tolist(),
+                        self._open_time[lo:hi].tolist(),
+                        *self._values[:, lo:hi].tolist(),
+                        strict=True,
+                    )
+                )
+                instant = span if len(delivered) == last - first else [span[k - first] for k in delivered]
                 if sim_clock is None or not sim_clock.jump_to_ms(at):
                     await self._move_clock(at, previous)
                 previous = at
@@ -478,7 +479,7 @@ class ReplayFeed:
                     assert hold is not None
                     instant = hold.catch_up(woken, at) + instant  # ticker rows: nothing to store
                 for k in delivered:
-                    row = rows[k]
+                    row = span[k - first]
                     if row[2] == ROW_TICKER:
                         continue
                     advance = advancers[series_of[k]]
@@ -616,6 +617,27 @@ class ReplayFeed:
         await self._finish(int(available[-1]) if total else None)
 
 
+def _first_outside(prices: NDArray[np.float64], begin: int, end: int, low: float, high: float) -> int:
+    """The first index in ``[begin, end)`` whose price is not strictly between ``low`` and
+    ``high``, else ``end``. A hold usually spans a few dozen rows (until the next re-analysis),
+    where a Python scan of a list costs a third of numpy's array temporaries; longer ones are
+    compared in doubling chunks, so a hold until the end of the data does not compare them all."""
+    size = 64
+    while begin < end:
+        stop = min(begin + size, end)
+        if size == 64:
+            for offset, price in enumerate(prices[begin:stop].tolist()):
+                if not low < price < high:
+                    return begin + offset
+        else:
+            window = prices[begin:stop]
+            outside = np.flatnonzero(~((window > low) & (window < high)))  # NaN: outside, as above
+            if len(outside):
+                return begin + int(outside[0])
+        begin, size = stop, size * 2
+    return end
+
+
 class _Holdback:
     """The rows a replay holds back from a ``QuietRows`` handler, and the catching up of a symbol
     whose rows were held back.
@@ -643,15 +665,30 @@ class _Holdback:
         ticker = feed._kind == KIND_TICKER
         row_symbol = np.array([names.index(s) for s, _ in feed.series], dtype=np.int32)[feed._series_index]
         self._tickers: dict[str, tuple[NDArray[np.int64], NDArray[np.int64]]] = {}
+        # Per symbol, every row that sets its price (a candle's close, a ticker's last): a hold with
+        # a band ends at the first of them outside it.
+        self._priced: dict[str, tuple[NDArray[np.int64], NDArray[np.float64]]] = {}
         for number, name in enumerate(names):
-            rows = np.flatnonzero(ticker & (row_symbol == number))
+            mine = row_symbol == number
+            rows = np.flatnonzero(ticker & mine)
             self._tickers[name] = (rows, feed._available[rows])
+            rows = np.flatnonzero(mine)
+            self._priced[name] = (feed._available[rows], feed._values[3][rows])
 
-    def hold(self, symbol: str, until: int) -> None:
-        """Drop ``symbol``'s rows available before ``until`` (0: take the hold back)."""
+    def hold(self, symbol: str, until_ms: int, low: float = -math.inf, high: float = math.inf) -> None:
+        """Drop ``symbol``'s rows available before ``until_ms`` (0: take the hold back), or before
+        the first instant after this one with a row priced outside ``(low, high)`` if that is sooner."""
         if symbol not in self._closes:
             return
-        until = min(until, self._final)
+        until = min(until_ms, self._final)
+        if until and (low != -math.inf or high != math.inf):
+            times, prices = self._priced[symbol]
+            now = self._feed._last_ms  # the instant being delivered: the band holds after it
+            begin = 0 if now is None else int(times.searchsorted(now, side="right"))
+            end = int(times.searchsorted(until))
+            exit_at = _first_outside(prices, begin, end, low, high)
+            if exit_at < end:
+                until = int(times.item(exit_at))
         self.wake_of[symbol] = until
         self.next_expiry = min(self.next_expiry, until)
 

@@ -157,6 +157,11 @@ class LivePosition:
         and several branches; a backtest asks this for every candle of a held symbol."""
         return self._quiet_low < price < self._quiet_high
 
+    @property
+    def quiet_band(self) -> tuple[float, float]:
+        """The prices ``quiet`` is True for lie strictly between these two."""
+        return self._quiet_low, self._quiet_high
+
     def _bound_quiet(self) -> None:
         """Derive the quiet band from the levels and the extreme with ``trigger``'s own float
         expressions (so the band's edges are exactly its thresholds). Edges are exclusive; where

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import os
 import time
 import uuid
@@ -94,6 +95,7 @@ _new_tuple = tuple.__new__  # TickerStats from a tuple without the generated __n
 
 # Verdicts of the series form for one close (see TenantRuntime._series_verdict).
 _CHECK, _SKIP, _AUDIT = object(), object(), object()
+_NOW: tuple[int, float, float] = (0, -math.inf, math.inf)  # quiet_until: no hold
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,7 +495,7 @@ class TenantRuntime:
                     matches = self._check_close(symbol, timeframe)  # _on_candle_closed, in two parts
                     if matches is not None:
                         await self._after_close(symbol, timeframe, matches)
-                    elif self._hold_rows is not None and symbol not in positions:  # a position: every row
+                    elif self._hold_rows is not None:
                         quiet.append(symbol)
                 elif (minute := self.clock.now_ms() // 60_000) != self._sample_minute:
                     self._sample_counts(minute)
@@ -501,8 +503,9 @@ class TenantRuntime:
         hold = self._hold_rows
         if hold is not None:
             for symbol in quiet:
-                if (until := self.quiet_until(symbol)) > at_ms:
-                    hold(symbol, until)  # nothing is due here before then
+                until, low, high = self.quiet_until(symbol)
+                if until > at_ms:
+                    hold(symbol, until, low, high)  # nothing is due here before then
 
     async def _on_candle(self, symbol: str, open_time: int, close: float) -> None:
         self.prices.set_float(symbol, close, open_time)
@@ -650,31 +653,57 @@ class TenantRuntime:
     def _has_signal_on(self, symbol: str) -> bool:
         return any(signal.symbol == symbol for signal in self.state.signals.values())
 
-    def quiet_until(self, symbol: str) -> int:
+    def quiet_until(self, symbol: str) -> tuple[int, float, float]:
         """Until when (feed time, ms) ``symbol``'s rows would change nothing here but its price,
-        ticker and candles; 0 means now. A symbol is quiet while it has no position, no signal,
-        nothing pending, and each of its traders checks candle closes through a series gate whose
-        next non-skip verdict (a flagged close or an audit) is later: the closes held back until
-        then are skips, counted as such at the next verdict (``_series_verdict``)."""
+        ticker and candles, and the band its price must stay strictly inside until then; 0 means
+        now. A symbol is quiet while nothing is pending for it, each of its signals waits for its
+        next re-analysis on a candle close (watching, or with a position whose ``quiet_band`` the
+        price stays inside: no stop, no target, no new trailing extreme), and each of its traders
+        checks candle closes through a series gate whose next non-skip verdict (a flagged close or
+        an audit) is later: the closes held back until then are skips, counted as such at the next
+        verdict (``_series_verdict``)."""
         if not self._accepting or self._pending_orders or self._pending_flips or self._settle_needed:
-            return 0
-        if symbol in self.state.positions_by_symbol or self._has_signal_on(symbol):
-            return 0
-        until = QUIET_FOREVER
+            return _NOW
+        until, low, high = QUIET_FOREVER, -math.inf, math.inf
+        for signal in self.state.signals.values():
+            if signal.symbol != symbol:
+                continue
+            if self.queue.is_pending(signal.id):
+                return _NOW
+            if signal.status is SignalStatus.POSITION_OPEN:
+                if self.state.position_for_signal(signal.id) is None:
+                    return _NOW
+            elif signal.status is not SignalStatus.WATCHING:
+                return _NOW
+            trader = self.state.traders.get(signal.trader_id)
+            reanalysis = trader.reanalysis if trader is not None else None
+            if reanalysis is None or reanalysis.timeframe is None:
+                return _NOW  # a fixed-interval re-analysis reads the symbol at any instant
+            hidden = self.store.next_hidden_open_time(symbol, reanalysis.timeframe)
+            if hidden is None:
+                return _NOW
+            until = min(until, hidden + reanalysis.period_ms)  # when that candle closes
+        for position in self.state.positions_by_symbol.get(symbol, ()):
+            if position.closing:
+                return _NOW
+            band_low, band_high = position.quiet_band
+            low, high = max(low, band_low), min(high, band_high)
+        if low >= high:
+            return _NOW
         every = self.config.series_audit_every
         for trader in self.state.traders.values():
             if trader.failed or symbol not in trader.symbols:
                 continue
             timeframe = trader.check.timeframe
             if timeframe is None or not every:
-                return 0  # a fixed-interval check reads the symbol at any instant; no gates, every close
+                return _NOW  # a fixed-interval check reads the symbol at any instant; no gates, every close
             gate = trader.series_gates.get(symbol)
             if gate is None or self.store.attached_index(symbol, timeframe, gate.times) < 0:
-                return 0
+                return _NOW
             needed = gate.next_needed(every)
             if needed < len(gate.mask):
                 until = min(until, gate.times.item(needed) + trader.check.period_ms)
-        return until
+        return until, low, high
 
     async def _run_check(self, trader: TraderRuntime) -> None:
         """A fixed-interval timer firing: evaluate every symbol of the trader."""
