@@ -154,6 +154,7 @@ def main() -> None:
         "meets_goal": runtime["candles_per_s"] >= GOAL,
         "machine": {
             "python": platform.python_version(),
+            "interpreter": sys._base_executable,  # builds differ in speed (Makefile: PYTHON)
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "load_avg_at_end": [round(x, 2) for x in os.getloadavg()],
