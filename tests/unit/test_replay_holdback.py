@@ -11,7 +11,7 @@ import pytest
 
 from tradeengine.clock import SimClock, datetime_to_ms
 from tradeengine.exchange.events import QUIET_FOREVER, ROW_CLOSE, ROW_TICKER, EventRow, RowHold
-from tradeengine.exchange.replay import ReplayFeed
+from tradeengine.exchange.replay import ReplayFeed, _first_outside
 from tradeengine.runtime.state import SeriesGate
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "market"
@@ -154,6 +154,23 @@ async def test_a_hold_with_a_band_ends_at_the_first_row_priced_on_or_beyond_an_e
         assert woke[0] == held[-1]
         woke = woke[1:]
     assert woke == [row for at, row in every if at == exit_at and row[0] == "ETH/USDT"]
+
+
+def test_first_outside_finds_the_first_price_on_or_beyond_an_edge_near_or_far() -> None:
+    """The scan a band hold runs: the first 64 rows in Python, then doubling numpy chunks; both
+    must agree with the plain definition, edges and NaN counting as outside."""
+    rng = np.random.default_rng(7)
+    prices = 100.0 + np.cumsum(rng.normal(0.0, 0.05, 20_000))
+    prices[[150, 9_000]] = np.nan
+    prices[3_000] = prices[2_999]  # an exact repeat: equal to an edge taken from a neighbour
+    for _ in range(400):
+        begin = int(rng.integers(0, len(prices)))
+        end = int(rng.integers(begin, len(prices) + 1))
+        low, high = prices[begin] - rng.uniform(0.0, 3.0), prices[begin] + rng.uniform(0.0, 3.0)
+        expected = next((k for k in range(begin, end) if not low < prices[k] < high), end)
+        assert _first_outside(prices, begin, end, low, high) == expected
+    assert _first_outside(prices, 2_990, 20_000, float(prices[2_999]) - 50.0, float(prices[2_999])) <= 2_999
+    assert _first_outside(prices, 100, 20_000, -np.inf, np.inf) == 150  # NaN is outside any band
 
 
 @pytest.mark.parametrize("every", [1, 2, 5, 32])

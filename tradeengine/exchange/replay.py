@@ -433,6 +433,7 @@ class ReplayFeed:
             hold = _Holdback(self, store)
             quiet.bind_hold(hold.hold)
         held = hold.wake_of if hold is not None else {}
+        everyone = len({symbol for symbol, _ in self.series})  # held symbols are this feed's
         previous: int | None = None
         begin = 0
         while begin < total:
@@ -453,6 +454,9 @@ class ReplayFeed:
                 woken: list[str] = []
                 if held:
                     assert hold is not None
+                    if at < hold.next_expiry and len(held) == everyone:
+                        self._closed = closed_by  # every symbol held, none due: nothing goes out
+                        continue
                     woken = hold.wake(at) if at >= hold.next_expiry else []
                     delivered = [k for k in delivered if names[k] not in held]
                     if not delivered and not woken:
@@ -619,21 +623,20 @@ class ReplayFeed:
 
 def _first_outside(prices: NDArray[np.float64], begin: int, end: int, low: float, high: float) -> int:
     """The first index in ``[begin, end)`` whose price is not strictly between ``low`` and
-    ``high``, else ``end``. A hold usually spans a few dozen rows (until the next re-analysis),
-    where a Python scan of a list costs a third of numpy's array temporaries; longer ones are
-    compared in doubling chunks, so a hold until the end of the data does not compare them all."""
-    size = 64
+    ``high`` (NaN included), else ``end``. A hold usually spans a few dozen rows (until the next
+    re-analysis): there a Python scan costs half of numpy's temporaries. Beyond, doubling chunks,
+    so a hold until the end of the data does not compare every row."""
+    stop = min(begin + 64, end)
+    for offset, price in enumerate(prices[begin:stop].tolist()):
+        if not low < price < high:
+            return begin + offset
+    begin, size = stop, 128
     while begin < end:
         stop = min(begin + size, end)
-        if size == 64:
-            for offset, price in enumerate(prices[begin:stop].tolist()):
-                if not low < price < high:
-                    return begin + offset
-        else:
-            window = prices[begin:stop]
-            outside = np.flatnonzero(~((window > low) & (window < high)))  # NaN: outside, as above
-            if len(outside):
-                return begin + int(outside[0])
+        window = prices[begin:stop]
+        outside = np.flatnonzero(~((window > low) & (window < high)))
+        if len(outside):
+            return begin + int(outside[0])
         begin, size = stop, size * 2
     return end
 
